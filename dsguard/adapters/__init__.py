@@ -1,0 +1,1 @@
+"""Thin framework adapters; all decisions live in the pipeline and its checks."""

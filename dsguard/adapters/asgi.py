@@ -1,0 +1,229 @@
+"""Pure ASGI middleware: runs the pipeline before the app, adds headers, never buffers responses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..checks.base import Check
+from ..config import Config
+from ..context import AfterHook, RequestContext, ResponseInfo, TLSInfo
+from ..decision import Denial, PayloadTooLarge
+from ..errors import ClientDisconnected
+from ..guard import ErrorRenderer, Guard
+from ..types import ASGIApp, Message, Receive, Scope, Send
+
+_TLS_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+
+
+def context_from_scope(scope: Scope) -> RequestContext:
+    client = scope.get("client")
+    headers = scope["headers"]
+    scheme = scope.get("scheme", "http")
+    if scope["type"] == "websocket":
+        scheme = "https" if scheme == "wss" else "http"
+    tls = None
+    extensions = scope.get("extensions")
+    if extensions and "tls" in extensions:
+        info = extensions["tls"]
+        chain = tuple(c.encode() if isinstance(c, str) else c for c in info.get("client_cert_chain") or ())
+        tls = TLSInfo(version=_TLS_VERSIONS.get(info.get("tls_version")),
+                      cipher=str(info["cipher_suite"]) if info.get("cipher_suite") is not None else None,
+                      client_cert=chain[0] if chain else None, client_cert_chain=chain)
+    return RequestContext(
+        scope.get("method", "GET"), scope["path"], scope.get("raw_path") or scope["path"].encode(),
+        scope.get("query_string", b""), headers if isinstance(headers, list) else list(headers),
+        client[0] if client else None, scheme, scope.get("http_version", "1.1"), tls,
+    )
+
+
+class ASGICall:
+    """The request body and awaiting, as the pipeline needs them, for one ASGI call."""
+
+    __slots__ = ("_error", "_prefix", "body", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.body: bytes | None = None
+        self._prefix: list[bytes] = []
+        self._error: Denial | None = None
+
+    async def read_body(self, limit: int) -> bytes:
+        if self._error is not None:
+            raise self._error
+        chunks, size = self._prefix, 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                chunks.append(chunk)
+                if size > limit:
+                    self._error = PayloadTooLarge(f"request body is larger than {limit} bytes")
+                    raise self._error
+            if not message.get("more_body", False):
+                break
+        self._prefix = []
+        self.body = b"".join(chunks)
+        return self.body
+
+    async def wait(self, awaitable: Awaitable[Any], timeout: float | None) -> Any:
+        if timeout is None:
+            return await awaitable
+        async with asyncio.timeout(timeout):
+            return await awaitable
+
+    def app_receive(self) -> Receive:
+        """What the app reads: the buffered body (or, in report mode, the part read) then the socket."""
+        if self.body is None and not self._prefix:
+            return self.receive
+        pending = [self.body] if self.body is not None else [b"".join(self._prefix)]
+        more = self.body is None
+        upstream = self.receive
+
+        async def receive() -> Message:
+            if pending:
+                return {"type": "http.request", "body": pending.pop(), "more_body": more}
+            return await upstream()
+
+        return receive
+
+
+class GuardMiddleware:
+    """``app.add_middleware(GuardMiddleware, config="dsguard.toml")``.
+
+    The verified identity is at ``request.state.identity`` and the whole
+    :class:`~dsguard.context.RequestContext` at ``request.state.dsguard``.
+    """
+
+    def __init__(self, app: ASGIApp, config: str | Path | Config | Guard | None = None, *,
+                 checks: Iterable[Check] = (), after_hooks: Iterable[AfterHook] = (),
+                 on_error: ErrorRenderer | None = None) -> None:
+        self.app = app
+        if isinstance(config, Guard):
+            self.guard = config
+        else:
+            self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        if not guard.started:
+            await guard.startup()
+        pipeline = guard.pipeline
+        ctx = context_from_scope(scope)
+        call = ASGICall(receive)
+        response = ResponseInfo()
+        try:
+            denial = await pipeline.evaluate(ctx, call)
+        except ClientDisconnected:
+            response.disconnected = True
+            denial = None
+            if pipeline.has_after_hooks(ctx):
+                await pipeline.finish(ctx, response, call)
+            return
+        if denial is not None:
+            await self._deny(ctx, denial, send, response)
+            if pipeline.has_after_hooks(ctx):
+                await pipeline.finish(ctx, response, call)
+            return
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state["identity"] = ctx.identity
+        state["dsguard"] = ctx
+        scope["dsguard"] = ctx
+        extra = ctx.response_headers
+        extra.append((guard.request_id_header, ctx.request_id.encode()))
+
+        async def guarded_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                if ctx.route_denial is not None:
+                    response.denied_by = "route"
+                    await self._deny(ctx, ctx.route_denial, send, response)
+                    return
+                response.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            elif kind == "http.response.body":
+                if response.denied_by is not None:
+                    return
+                response.bytes_sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    response.complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, call.app_receive(), guarded_send)
+        finally:
+            if pipeline.has_after_hooks(ctx):
+                await pipeline.finish(ctx, response, call)
+
+    async def _deny(self, ctx: RequestContext, denial: Denial, send: Send, response: ResponseInfo) -> None:
+        status, headers, body = self.guard.render(ctx, denial)
+        response.status = status
+        response.denied_by = response.denied_by or denial.check or "pipeline"
+        response.bytes_sent = len(body)
+        response.complete = True
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+        if not guard.started:
+            await guard.startup()
+        ctx = context_from_scope(scope)
+        call = ASGICall(receive)
+        try:
+            denial = await guard.pipeline.evaluate(ctx, call)
+        except ClientDisconnected:
+            return
+        if denial is None:
+            state = scope.get("state")
+            if state is None:
+                scope["state"] = state = {}
+            state["identity"] = ctx.identity
+            state["dsguard"] = ctx
+            scope["dsguard"] = ctx
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            status, headers, body = guard.render(ctx, denial)
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": denial.code})
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.guard
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await guard.startup()
+            return message
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await guard.shutdown()
+            await send(message)
+
+        await self.app(scope, lifespan_receive, lifespan_send)

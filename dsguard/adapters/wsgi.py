@@ -1,0 +1,221 @@
+"""WSGI middleware (Flask, Django, any WSGI app): the same pipeline, driven synchronously.
+
+Asynchronous checks run on one background event loop (the portal); the rest of the pipeline
+runs inline in the server's thread.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .._portal import Portal, run_inline
+from ..checks.base import Check
+from ..config import Config
+from ..context import AfterHook, RequestContext, ResponseInfo, TLSInfo
+from ..decision import Denial, PayloadTooLarge
+from ..errors import ClientDisconnected
+from ..guard import ErrorRenderer, Guard
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+_READ = 64 * 1024
+
+
+def context_from_environ(environ: Environ) -> RequestContext:
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
+    for key, name in (("CONTENT_TYPE", b"content-type"), ("CONTENT_LENGTH", b"content-length")):
+        value = environ.get(key)
+        if value:
+            headers.append((name, value.encode("latin-1")))
+    path_bytes = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1")
+    path = path_bytes.decode("utf-8", "replace") or "/"
+    uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    raw_path = uri.split("?", 1)[0].encode("latin-1") if uri else quote(path).encode()
+    pem = environ.get("SSL_CLIENT_CERT")
+    scheme = environ.get("wsgi.url_scheme", "http")
+    tls = TLSInfo(client_cert=pem.encode(), client_cert_chain=(pem.encode(),)) if pem else None
+    protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    return RequestContext(
+        environ.get("REQUEST_METHOD", "GET").upper(), path, raw_path,
+        environ.get("QUERY_STRING", "").encode("latin-1"), headers, environ.get("REMOTE_ADDR"), scheme,
+        protocol.partition("/")[2] or "1.1", tls,
+    )
+
+
+class _Prefixed(io.RawIOBase):
+    """``wsgi.input`` replaying bytes already read, then the rest of the original stream."""
+
+    def __init__(self, prefix: bytes, rest: Any) -> None:
+        self._buffer = io.BytesIO(prefix)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        data = self._buffer.read(len(target)) or self._rest.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+
+class WSGICall:
+    __slots__ = ("_error", "_prefix", "body", "environ", "portal")
+
+    def __init__(self, environ: Environ, portal: Portal) -> None:
+        self.environ = environ
+        self.portal = portal
+        self.body: bytes | None = None
+        self._prefix = b""
+        self._error: Denial | None = None
+
+    async def read_body(self, limit: int) -> bytes:
+        if self._error is not None:
+            raise self._error
+        stream = self.environ["wsgi.input"]
+        length = self.environ.get("CONTENT_LENGTH")
+        chunks: list[bytes] = []
+        size = 0
+        if length:
+            remaining = int(length) if length.isdigit() else 0
+            if remaining > limit:
+                self._error = PayloadTooLarge(f"request body is larger than {limit} bytes")
+                raise self._error
+            while remaining > 0:
+                chunk = stream.read(min(remaining, _READ))
+                if not chunk:
+                    raise ClientDisconnected()
+                chunks.append(chunk)
+                remaining -= len(chunk)
+        else:
+            while True:
+                chunk = stream.read(_READ)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    self._prefix = b"".join(chunks)
+                    self._error = PayloadTooLarge(f"request body is larger than {limit} bytes")
+                    raise self._error
+        self.body = b"".join(chunks)
+        return self.body
+
+    async def wait(self, awaitable: Awaitable[Any], timeout: float | None) -> Any:
+        return self.portal.call(awaitable, timeout)
+
+    def restore_input(self) -> None:
+        environ = self.environ
+        if self.body is not None:
+            environ["wsgi.input"] = io.BytesIO(self.body)
+            environ["CONTENT_LENGTH"] = str(len(self.body))
+        elif self._prefix:
+            environ["wsgi.input"] = io.BufferedReader(_Prefixed(self._prefix, environ["wsgi.input"]))
+
+
+class GuardWSGIMiddleware:
+    """``app.wsgi_app = GuardWSGIMiddleware(app.wsgi_app, config="dsguard.toml")``.
+
+    The verified identity is at ``environ["dsguard.identity"]`` and the whole context at
+    ``environ["dsguard.context"]`` (``dsguard.adapters.flask`` puts them on ``flask.g``).
+    """
+
+    def __init__(self, app: WSGIApp, config: str | Path | Config | Guard | None = None, *,
+                 checks: Iterable[Check] = (), after_hooks: Iterable[AfterHook] = (),
+                 on_error: ErrorRenderer | None = None) -> None:
+        self.app = app
+        if isinstance(config, Guard):
+            self.guard = config
+        else:
+            self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
+        self.portal = Portal()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        guard = self.guard
+        if not guard.started:
+            self.portal.call(guard.startup())
+        pipeline = guard.pipeline
+        ctx = context_from_environ(environ)
+        call = WSGICall(environ, self.portal)
+        response = ResponseInfo()
+        try:
+            denial = run_inline(pipeline.evaluate(ctx, call))
+        except ClientDisconnected:
+            response.disconnected = True
+            self._finish(ctx, response, call)
+            return []
+        if denial is not None:
+            return self._deny(ctx, denial, start_response, response, call)
+        call.restore_input()
+        environ["dsguard.context"] = ctx
+        environ["dsguard.identity"] = ctx.identity
+        extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ctx.response_headers]
+        extra.append((guard.config.pipeline.request_id_header, ctx.request_id))
+
+        def guarded_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            response.status = int(status[:3])
+            return start_response(status, [*headers, *extra], exc_info)
+
+        try:
+            result = self.app(environ, guarded_start_response)
+        except BaseException:
+            self._finish(ctx, response, call)
+            raise
+        return _Closing(result, lambda: self._finish(ctx, response, call), response)
+
+    def _deny(self, ctx: RequestContext, denial: Denial, start_response: StartResponse, response: ResponseInfo,
+              call: WSGICall) -> list[bytes]:
+        status, headers, body = self.guard.render(ctx, denial)
+        response.status = status
+        response.denied_by = denial.check or "pipeline"
+        response.complete = True
+        response.bytes_sent = len(body)
+        start_response(_status_line(status), [*_str_headers(headers), ("Content-Length", str(len(body)))])
+        self._finish(ctx, response, call)
+        return [body]
+
+    def _finish(self, ctx: RequestContext, response: ResponseInfo, call: WSGICall) -> None:
+        if self.guard.pipeline.has_after_hooks(ctx):
+            run_inline(self.guard.pipeline.finish(ctx, response, call))
+
+
+class _Closing:
+    """The app's response iterable; runs the after-hooks when the server closes it."""
+
+    def __init__(self, result: Iterable[bytes], on_close: Callable[[], None], response: ResponseInfo) -> None:
+        self._result = result
+        self._on_close = on_close
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._result:
+            self._response.bytes_sent += len(chunk)
+            yield chunk
+        self._response.complete = True
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
+
+
+def _str_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]

@@ -1,0 +1,315 @@
+"""Load and validate ``dsguard.toml``.
+
+Every key is declared below with its type and documentation. Errors name the file, the line
+and the key (``dsguard.toml:12: [hygiene] max_body: expected a size like "1MiB", got "lots"``).
+Durations are written ``"15m"``/``"5s"``, sizes ``"1MiB"``, secrets ``"env:NAME"``/``"file:PATH"``;
+relative paths are relative to the configuration file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from limits import parse_many
+
+from ._schema import Loader, Parse, doc
+from ._tomlpos import key_lines, nearest_line
+from .errors import ConfigError
+from .units import IPNetwork, Secret, parse_duration, parse_networks, parse_size
+
+Duration = Annotated[float, Parse(parse_duration)]
+Size = Annotated[int, Parse(parse_size)]
+Networks = Annotated[tuple[IPNetwork, ...], Parse(parse_networks)]
+ModeOverride = Literal["enforce", "report"] | None
+STAGES = ("transport", "hygiene", "pre-auth", "identity", "signature", "policy", "quota", "content", "anomaly")
+Stage = Literal["transport", "hygiene", "pre-auth", "identity", "signature", "policy", "quota", "content",
+                "anomaly"]
+
+
+def _rate(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a rate like "10/second" or "10/second;600/minute", got {value!r}')
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f'expected a rate like "10/second" or "10/second;600/minute", got {value!r}') from None
+    return value
+
+
+Rate = Annotated[str, Parse(_rate)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    host: str = doc("Address `dsguard serve` binds to.", "127.0.0.1")
+    port: int = doc("Port `dsguard serve` listens on.", 8000)
+    tls_cert: Path | None = doc("PEM certificate chain; turns on HTTPS.", None)
+    tls_key: Path | None = doc("PEM private key of `tls_cert`.", None)
+    tls_min_version: Literal["1.2", "1.3"] = doc("Oldest TLS version accepted.", "1.3")
+    client_ca: Path | None = doc("PEM bundle of CAs for client certificates; its presence turns on mTLS.", None)
+    trusted_proxies: Networks = doc(
+        "CIDRs of reverse proxies whose Forwarded/X-Forwarded-* headers are believed.", ())
+    workers: int = doc("Worker processes for `dsguard serve`.", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    check_timeout: Duration = doc("Longest an asynchronous check may take before the call is denied (503).", 5.0)
+    request_id_header: str = doc("Response header carrying the request id on every response.", "X-Request-ID")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportConfig:
+    enabled: bool = doc("Run the transport check.", True)
+    mode: ModeOverride = doc('"report" to log instead of deny for this check only.', None)
+    require_https: bool = doc("Deny plain-HTTP calls (scheme taken from trusted proxies only).", True)
+    hsts: bool = doc("Send Strict-Transport-Security on HTTPS responses.", True)
+    hsts_max_age: Duration = doc("HSTS max-age.", 31536000.0)
+    hsts_include_subdomains: bool = doc("Add includeSubDomains to HSTS.", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class HygieneConfig:
+    enabled: bool = doc("Run the hygiene check.", True)
+    mode: ModeOverride = doc('"report" to log instead of deny for this check only.', None)
+    methods: tuple[str, ...] = doc("Allowed HTTP methods (405 otherwise).",
+                                   ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+    max_headers: int = doc("Most request header fields (431 beyond).", 100)
+    max_header_bytes: Size = doc("Largest single header field, name and value (431 beyond).", 8192)
+    max_headers_total: Size = doc("Largest sum of all header fields (431 beyond).", 65536)
+    max_body: Size = doc("Largest request body (413 beyond), checked on Content-Length and while reading.",
+                         1024 * 1024)
+    content_types: tuple[str, ...] = doc(
+        "Media types accepted for request bodies (415 otherwise).",
+        ("application/json", "application/x-www-form-urlencoded", "multipart/form-data", "text/plain"))
+    max_json_depth: int = doc("Deepest nesting of a JSON body (400 beyond).", 32)
+    reject_duplicate_json_keys: bool = doc(
+        "Deny JSON objects that repeat a key (parsers disagree on which one wins).", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class JWTConfig:
+    algorithms: tuple[str, ...] = doc("Accepted JWS algorithms.", ("EdDSA", "RS256", "ES256"))
+    issuer: str | None = doc("Required `iss`.", None)
+    audience: str | None = doc("Required `aud`.", None)
+    jwks_url: str | None = doc("JWKS endpoint of the identity provider.", None)
+    jwks_file: Path | None = doc("Local JWKS file (air-gapped setups).", None)
+    secret: Secret | None = doc("HMAC key for HS* algorithms.", None)
+    max_ttl: Duration = doc("Longest accepted token lifetime (exp - iat).", 900.0)
+    leeway: Duration = doc("Clock skew allowed on exp/nbf/iat.", 5.0)
+    required_claims: tuple[str, ...] = doc("Claims every token must carry.", ("exp", "iat", "sub"))
+    roles_claim: str = doc("Claim holding the caller's roles.", "roles")
+
+
+@dataclasses.dataclass(frozen=True)
+class IntrospectionConfig:
+    url: str = doc("RFC 7662 introspection endpoint.")
+    client_id: str = doc("Client id used to authenticate to the endpoint.")
+    client_secret: Secret = doc("Client secret (env: or file: reference).")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityConfig:
+    jwt: JWTConfig | None = doc("Bearer JWT verification.", None)
+    introspection: IntrospectionConfig | None = doc("Opaque token introspection.", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    model: Path = doc("Casbin model file.")
+    policy: Path = doc("Casbin policy file.")
+    reload: bool = doc("Reload when the files change.", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageConfig:
+    url: str = doc('Counter/nonce storage: "memory://" or "redis://host:port/db".', "memory://")
+    on_error: Literal["fail-closed", "local-fallback"] = doc("What to do when storage is unreachable.",
+                                                             "fail-closed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitConfig:
+    key: str = doc('What is counted: "ip", "subject", "tenant", "route", "model" or "claim:NAME".')
+    limit: Rate | None = doc('Requests allowed, e.g. "10/second;600/minute".', None)
+    burst: int = doc("Extra requests allowed in a burst.", 0)
+    tokens: Rate | None = doc('LLM tokens allowed, e.g. "200000/day".', None)
+    cost: int = doc("Units one request costs.", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignaturesConfig:
+    required: bool = doc("Deny unsigned requests.", True)
+    keys: Path | None = doc("Client key directory (JSON, by keyid).", None)
+    max_age: Duration = doc("Oldest accepted signature.", 300.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class WAFConfig:
+    paranoia: Literal[1, 2, 3, 4] = doc("CRS paranoia level.", 1)
+    max_body: Size = doc("Largest body the WAF inspects.", 1024 * 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptGuardConfig:
+    action: Literal["block", "flag", "redact"] = doc("What to do with a detected prompt attack or PII.", "block")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig:
+    model: str = doc('"bundled:tiny-deepseek" or a model bundle directory.', "bundled:tiny-deepseek")
+    dtype: Literal["fp32", "fp16", "int8", "q4", "q4f16"] = doc("Which ONNX file of the bundle to load.", "q4")
+    providers: tuple[str, ...] = doc("ONNX Runtime execution providers, in order of preference.",
+                                     ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    max_concurrency: int = doc("Generations run at once.", 4)
+    max_queue: int = doc("Requests waiting beyond that (503 when full).", 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    path: Path = doc("Audit log (JSON lines, hash-chained).")
+    signing_key: Secret | None = doc("Key signing the checkpoints.", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TelemetryConfig:
+    prometheus: bool = doc("Expose a Prometheus scrape endpoint.", True)
+    otlp_endpoint: str = doc("OTLP collector; empty for none.", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginConfig:
+    """``[plugins.NAME]``: a check from the ``dsguard.checks`` entry point group."""
+
+    name: str
+    enabled: bool = True
+    mode: ModeOverride = None
+    stage: Stage | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    mode: Literal["enforce", "report"] = doc('"enforce" blocks denied calls; "report" decides and logs only.',
+                                             "enforce")
+    on_unavailable: Literal["refuse", "warn"] = doc(
+        "A configured security feature this version lacks: refuse to start, or only warn.", "refuse")
+    server: ServerConfig = doc("Listener, TLS and proxy trust.", factory=ServerConfig)
+    pipeline: PipelineConfig = doc("Pipeline-wide settings.", factory=PipelineConfig)
+    transport: TransportConfig = doc("HTTPS, forwarded headers and HSTS.", factory=TransportConfig)
+    hygiene: HygieneConfig = doc("Method, header, body and JSON limits.", factory=HygieneConfig)
+    identity: IdentityConfig = doc("Who is calling.", factory=IdentityConfig)
+    policy: PolicyConfig | None = doc("Casbin policy.", None)
+    storage: StorageConfig = doc("Shared state backend.", factory=StorageConfig)
+    rate_limits: tuple[RateLimitConfig, ...] = doc("Request and token limits.", ())
+    signatures: SignaturesConfig | None = doc("RFC 9421 request signatures.", None)
+    waf: WAFConfig | None = doc("Web application firewall.", None)
+    prompt_guard: PromptGuardConfig | None = doc("Prompt-injection and PII guard.", None)
+    runner: RunnerConfig | None = doc("Local ONNX model runner.", None)
+    audit: AuditConfig | None = doc("Tamper-evident audit log.", None)
+    telemetry: TelemetryConfig | None = doc("Metrics and traces.", None)
+    plugins: dict[str, Any] = doc("Third-party checks by entry point name.", factory=dict)
+    source: str | None = None
+    present: frozenset[str] = frozenset()
+    lines: dict[Any, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def plugin_configs(self) -> list[PluginConfig]:
+        return list(self.plugins.values())
+
+    def line_of(self, *path: str | int) -> int | None:
+        return nearest_line(self.lines, path)
+
+
+# Sections this version parses but whose feature is not built yet. A security feature that is
+# configured but missing refuses to start in enforce mode (see ``on_unavailable``).
+UNAVAILABLE: dict[str, tuple[str, bool]] = {
+    "identity.jwt": ("JWT verification", True),
+    "identity.introspection": ("token introspection", True),
+    "policy": ("Casbin policy", True),
+    "rate_limits": ("rate limits and token quotas", True),
+    "signatures": ("request signatures", True),
+    "waf": ("WAF", True),
+    "prompt_guard": ("prompt guard", True),
+    "audit": ("audit log", True),
+    "runner": ("ONNX runner", False),
+    "telemetry": ("telemetry", False),
+    "storage": ("shared storage", False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Unavailable:
+    section: str
+    feature: str
+    security: bool
+    line: int | None
+
+
+def unavailable_features(config: Config) -> list[Unavailable]:
+    """Sections present in ``config`` whose feature this version does not provide."""
+    found = []
+    for section, (feature, security) in UNAVAILABLE.items():
+        if section in config.present:
+            path = tuple(section.split("."))
+            found.append(Unavailable(section, feature, security, config.line_of(*path)))
+    return found
+
+
+def _plugins(loader: Loader, raw: object) -> dict[str, PluginConfig]:
+    if not isinstance(raw, dict):
+        raise loader.error(("plugins",), "expected a table of [plugins.NAME] tables")
+    plugins = {}
+    for name, table in raw.items():
+        path = ("plugins", name)
+        if not isinstance(table, dict):
+            raise loader.error(path, "expected a table")
+        options = dict(table)
+        enabled = loader.value(bool, options.pop("enabled", True), (*path, "enabled"))
+        mode = loader.value(ModeOverride, options.pop("mode", None), (*path, "mode")) \
+            if "mode" in table else None
+        stage = loader.value(Stage, options.pop("stage"), (*path, "stage")) if "stage" in table else None
+        plugins[name] = PluginConfig(name, enabled, mode, stage, options, nearest_line(loader.lines, path))
+    return plugins
+
+
+def parse_config(text: str, *, file: str | None = None, base: Path | None = None) -> Config:
+    """Validate TOML text; ``file`` names it in errors, ``base`` anchors relative paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
+    lines = key_lines(text)
+    loader = Loader(file, base or Path.cwd(), lines)
+    plugins = _plugins(loader, data.pop("plugins", {}))
+    present = {k for k, v in data.items() if isinstance(v, dict | list)}
+    identity = data.get("identity")
+    if isinstance(identity, dict):
+        present |= {f"identity.{k}" for k in identity}
+    if data.get("rate_limits") == []:
+        present.discard("rate_limits")
+    config = loader.section(Config, {**data, "plugins": {}}, ())
+    return dataclasses.replace(config, plugins=plugins, source=file, present=frozenset(present), lines=lines)
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a configuration file; raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("configuration file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file: {exc}", file=str(path)) from None
+    return parse_config(text, file=str(path), base=path.resolve().parent)
+
+
+def default_config() -> Config:
+    """The embedded default: loopback demo, example policies, in-memory storage."""
+    text = resources.files("dsguard.defaults").joinpath("dsguard.toml").read_text(encoding="utf-8")
+    return parse_config(text, file="<embedded default>")

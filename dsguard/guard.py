@@ -1,0 +1,110 @@
+"""The guard: a configuration turned into a pipeline, plus its lifecycle and error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .checks.base import Check
+from .checks.hygiene import HygieneCheck, JSONBodyCheck
+from .checks.transport import TransportCheck
+from .config import Config, load_config, unavailable_features
+from .context import AfterHook, RequestContext
+from .decision import Denial
+from .errors import ConfigError
+from .pipeline import Pipeline, shutdown_checks, startup_checks
+from .plugins import load_plugin
+from .types import RawHeaders
+from .units import NetworkSet
+
+logger = logging.getLogger("dsguard")
+
+ErrorRenderer = Callable[[RequestContext, Denial], tuple[int, RawHeaders, bytes]]
+
+
+def builtin_checks(config: Config) -> list[Check]:
+    """The built-in checks that ``config`` turns on, in request-path order."""
+    checks: list[Check] = []
+    if config.transport.enabled:
+        checks.append(TransportCheck(config.transport, NetworkSet(config.server.trusted_proxies)))
+    if config.hygiene.enabled:
+        checks.append(HygieneCheck(config.hygiene))
+        checks.append(JSONBodyCheck(config.hygiene))
+    return checks
+
+
+def refuse_unavailable(config: Config) -> None:
+    """Fail closed on a configured security feature this version does not have."""
+    for missing in unavailable_features(config):
+        message = f"{missing.feature} is configured but not available in this version of dsguard"
+        if missing.security and config.mode == "enforce" and config.on_unavailable == "refuse":
+            raise ConfigError(f'{message}; remove the section or set on_unavailable = "warn"',
+                              file=config.source, line=missing.line, key=f"[{missing.section}]")
+        logger.warning("%s: [%s] %s; it is not enforced", config.source or "config", missing.section, message)
+
+
+class Guard:
+    """Checks built from one :class:`Config`, shared by every adapter wrapping an app."""
+
+    def __init__(self, config: Config, *, checks: Iterable[Check] = (), after_hooks: Iterable[AfterHook] = (),
+                 on_error: ErrorRenderer | None = None) -> None:
+        refuse_unavailable(config)
+        self.config = config
+        all_checks = builtin_checks(config)
+        all_checks += [load_plugin(p, config) for p in config.plugin_configs if p.enabled]
+        all_checks += list(checks)
+        self.pipeline = Pipeline(all_checks, mode=config.mode, body_limit=config.hygiene.max_body,
+                                 check_timeout=config.pipeline.check_timeout, after_hooks=after_hooks)
+        self.request_id_header = config.pipeline.request_id_header.lower().encode("latin-1")
+        self.on_error = on_error
+        self.started = False
+        self._lock: asyncio.Lock | None = None
+
+    @classmethod
+    def build(cls, source: str | Path | Config | Guard | None, **kwargs: object) -> Guard:
+        """A guard from a path, a :class:`Config`, an existing guard, or ``$DSGUARD_CONFIG``.
+
+        With no source and no ``$DSGUARD_CONFIG``, the secure defaults apply (HTTPS required).
+        """
+        if isinstance(source, Guard):
+            if kwargs:
+                raise TypeError("extra arguments cannot be combined with an existing Guard")
+            return source
+        if source is None:
+            env = os.environ.get("DSGUARD_CONFIG")
+            source = env if env else Config()
+        config = source if isinstance(source, Config) else load_config(source)
+        return cls(config, **kwargs)  # type: ignore[arg-type]
+
+    async def startup(self) -> None:
+        if self.started:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.started:
+                await startup_checks(self.pipeline.checks, _identity)
+                self.started = True
+
+    async def shutdown(self) -> None:
+        if self.started:
+            self.started = False
+            await shutdown_checks(self.pipeline.checks, _identity)
+
+    def render(self, ctx: RequestContext, denial: Denial) -> tuple[int, RawHeaders, bytes]:
+        """Status, headers and body of the response refusing ``ctx``."""
+        if self.on_error is not None:
+            try:
+                return self.on_error(ctx, denial)
+            except Exception:
+                logger.exception("custom error renderer failed (request %s)", ctx.request_id)
+        headers = denial.raw_headers(ctx.request_id, self.config.pipeline.request_id_header)
+        headers.extend(ctx.response_headers)
+        return denial.status, headers, denial.body(ctx.request_id)
+
+
+async def _identity(awaitable):  # type: ignore[no-untyped-def]
+    return await awaitable

@@ -1,0 +1,112 @@
+"""Run the checks of one call in order, fail closed, and run the after-response hooks."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from time import perf_counter_ns
+from typing import Any, Protocol
+
+from .checks.base import Check, stage_rank
+from .context import AfterHook, RequestContext, ResponseInfo
+from .decision import CheckFailed, Denial
+from .errors import ClientDisconnected
+from .types import Mode
+
+logger = logging.getLogger("dsguard")
+
+
+class CallIO(Protocol):
+    """What an adapter gives the pipeline: the request body and a way to await."""
+
+    async def read_body(self, limit: int) -> bytes: ...
+
+    async def wait(self, awaitable: Awaitable[Any], timeout: float | None) -> Any: ...
+
+
+class Pipeline:
+    """Ordered checks. The first denial ends the call unless that check is in report mode.
+
+    A check that raises anything but a :class:`Denial`, or outlives ``check_timeout``, denies
+    the call with 503 ``check_error`` / ``check_timeout``: an error never opens the door.
+    """
+
+    def __init__(self, checks: Iterable[Check], *, mode: Mode = "enforce", body_limit: int = 1024 * 1024,
+                 check_timeout: float | None = 5.0, after_hooks: Iterable[AfterHook] = ()) -> None:
+        ordered = sorted(checks, key=lambda c: stage_rank(c.stage))
+        self.checks: tuple[Check, ...] = tuple(ordered)
+        self.mode = mode
+        self.body_limit = body_limit
+        self.check_timeout = check_timeout
+        self.after_hooks: list[AfterHook] = list(after_hooks)
+        self._steps = tuple(
+            (c, c.check, c.name, (getattr(c, "mode", None) or mode) == "report", bool(getattr(c, "needs_body", False)))
+            for c in ordered
+        )
+
+    async def evaluate(self, ctx: RequestContext, io: CallIO) -> Denial | None:
+        """The denial that ends this call, or ``None`` to let it through."""
+        timings = ctx.timings
+        for check, run, name, report, needs_body in self._steps:
+            start = perf_counter_ns()
+            try:
+                if needs_body and ctx.body is None and ctx.has_body:
+                    ctx.body_limit = self.body_limit
+                    ctx.body = await io.read_body(self.body_limit)
+                outcome = run(ctx)
+                if outcome is not None and not isinstance(outcome, Denial):
+                    outcome = await io.wait(outcome, self.check_timeout)
+            except Denial as denial:
+                outcome = denial
+            except ClientDisconnected:
+                raise
+            except TimeoutError:
+                logger.error("check %s timed out after %ss (request %s)", name, self.check_timeout, ctx.request_id)
+                outcome = CheckFailed(code="check_timeout")
+            except Exception:
+                logger.exception("check %s failed (request %s)", name, ctx.request_id)
+                outcome = CheckFailed()
+            timings.append((name, perf_counter_ns() - start))
+            if outcome is None:
+                continue
+            outcome.check = name
+            if report:
+                ctx.denials_reported.append(outcome)
+                logger.warning("report-only: %s would deny %s %s with %s %s (request %s)", name, ctx.method,
+                               ctx.path, outcome.status, outcome.code, ctx.request_id)
+                continue
+            logger.info("denied %s %s from %s by %s: %s %s (request %s)", ctx.method, ctx.path, ctx.client_ip,
+                        name, outcome.status, outcome.code, ctx.request_id)
+            return outcome
+        return None
+
+    def has_after_hooks(self, ctx: RequestContext) -> bool:
+        return bool(self.after_hooks or ctx.after_hooks)
+
+    async def finish(self, ctx: RequestContext, response: ResponseInfo, io: CallIO) -> None:
+        """Run the call's after-hooks and the pipeline's; errors are logged, never raised."""
+        for hook in (*ctx.after_hooks, *self.after_hooks):
+            try:
+                result = hook(ctx, response)
+                if inspect.isawaitable(result):
+                    await io.wait(result, self.check_timeout)
+            except Exception:
+                logger.exception("after-response hook %r failed (request %s)", hook, ctx.request_id)
+
+
+async def startup_checks(checks: Sequence[Check], call: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
+    for check in checks:
+        start = getattr(check, "startup", None)
+        if start is not None:
+            await call(start())
+
+
+async def shutdown_checks(checks: Sequence[Check], call: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
+    for check in reversed(checks):
+        stop = getattr(check, "shutdown", None)
+        if stop is not None:
+            try:
+                await call(stop())
+            except Exception:
+                logger.exception("shutdown of check %s failed", check.name)

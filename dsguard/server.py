@@ -1,0 +1,94 @@
+"""`dsguard serve`: uvicorn with TLS 1.3 minimum, optional mTLS, and the ASGI TLS extension."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .config import Config
+from .errors import ConfigError
+from .types import ASGIApp, Receive, Scope, Send
+
+_TLS_CODES = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """Server TLS from ``[server]``: None without a certificate; mTLS when ``client_ca`` is set."""
+    server = config.server
+    if server.tls_cert is None:
+        if server.client_ca is not None:
+            raise ConfigError("client_ca needs tls_cert: mTLS runs over HTTPS", file=config.source,
+                              line=config.line_of("server", "client_ca"), key="[server] client_ca")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if server.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if server.tls_min_version == "1.2":
+        context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    for key, path in (("tls_cert", server.tls_cert), ("tls_key", server.tls_key), ("client_ca", server.client_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"file not found: {path}", file=config.source, line=config.line_of("server", key),
+                              key=f"[server] {key}")
+    try:
+        context.load_cert_chain(str(server.tls_cert), str(server.tls_key) if server.tls_key else None)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"cannot load the certificate and key: {exc}", file=config.source,
+                          line=config.line_of("server", "tls_cert"), key="[server] tls_cert") from None
+    if server.client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(server.client_ca))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"cannot load the client CA bundle: {exc}", file=config.source,
+                              line=config.line_of("server", "client_ca"), key="[server] client_ca") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _TLSScope:
+    """Adds the ASGI TLS extension (version, cipher, client certificate) to each scope."""
+
+    def __init__(self, app: ASGIApp, ssl_object: Any) -> None:
+        self.app = app
+        cert = ssl_object.getpeercert(binary_form=True)
+        cipher = ssl_object.cipher()
+        self.tls = {
+            "tls_version": _TLS_CODES.get(ssl_object.version()),
+            "cipher_suite": cipher[0] if cipher else None,
+            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(cert)] if cert else [],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "server_cert": None,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope.setdefault("extensions", {})["tls"] = self.tls
+        await self.app(scope, receive, send)
+
+
+class TLSInfoProtocol(H11Protocol):
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.app = _TLSScope(self.app, ssl_object)
+
+
+def build_server(app: ASGIApp, config: Config, *, host: str | None = None, port: int | None = None,
+                 log_level: str = "info") -> uvicorn.Server:
+    context = ssl_context(config)
+    options: dict[str, Any] = {
+        "host": host or config.server.host,
+        "port": config.server.port if port is None else port,
+        "log_level": log_level,
+        "server_header": False,
+        "proxy_headers": False,
+        "lifespan": "auto",
+    }
+    if context is not None:
+        options["http"] = TLSInfoProtocol
+        options["ssl_context_factory"] = lambda _config, _default: context
+    return uvicorn.Server(uvicorn.Config(app, **options))
