@@ -48,7 +48,7 @@ class Pipeline:
     async def evaluate(self, ctx: RequestContext, io: CallIO) -> Denial | None:
         """The denial that ends this call, or ``None`` to let it through."""
         timings = ctx.timings
-        for check, run, name, report, needs_body in self._steps:
+        for _check, run, name, report, needs_body in self._steps:
             start = perf_counter_ns()
             try:
                 if needs_body and ctx.body is None and ctx.has_body:
