@@ -125,7 +125,7 @@ class Loader:
 
 
 def render_key(path: Path_) -> str:
-    """``("rate_limits", 1, "limit")`` -> ``[[rate_limits]] #2 limit``; ``("waf", "paranoia")`` -> ``[waf] paranoia``."""
+    """Human form of a key path: ``[rate_limits] #2 limit``, ``[waf] paranoia``."""
     if not path:
         return ""
     parts = [p for p in path if isinstance(p, str)]

@@ -33,10 +33,9 @@ class Denial(Exception):
         error = {"type": self.type, "code": self.code, "message": self.message}
         return json.dumps({"error": error, "request_id": request_id}, separators=(",", ":")).encode()
 
-    def raw_headers(self, request_id: str | None, request_id_header: str = "x-request-id") -> RawHeaders:
+    def raw_headers(self) -> RawHeaders:
+        """The denial's own headers (content type, challenges, Retry-After), without per-call ones."""
         headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-        if request_id:
-            headers.append((request_id_header.lower().encode("latin-1"), request_id.encode("latin-1")))
         headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
         return headers
 

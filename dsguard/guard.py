@@ -101,7 +101,8 @@ class Guard:
                 return self.on_error(ctx, denial)
             except Exception:
                 logger.exception("custom error renderer failed (request %s)", ctx.request_id)
-        headers = denial.raw_headers(ctx.request_id, self.config.pipeline.request_id_header)
+        headers = denial.raw_headers()
+        headers.append((self.request_id_header, ctx.request_id.encode()))
         headers.extend(ctx.response_headers)
         return denial.status, headers, denial.body(ctx.request_id)
 

@@ -147,8 +147,7 @@ class GuardMiddleware:
         state["identity"] = ctx.identity
         state["dsguard"] = ctx
         scope["dsguard"] = ctx
-        extra = ctx.response_headers
-        extra.append((guard.request_id_header, ctx.request_id.encode()))
+        request_id = (guard.request_id_header, ctx.request_id.encode())
 
         async def guarded_send(message: Message) -> None:
             kind = message["type"]
@@ -158,7 +157,7 @@ class GuardMiddleware:
                     await self._deny(ctx, ctx.route_denial, send, response)
                     return
                 response.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *extra]
+                message["headers"] = [*message.get("headers", ()), *ctx.response_headers, request_id]
             elif kind == "http.response.body":
                 if response.denied_by is not None:
                     return

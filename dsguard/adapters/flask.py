@@ -69,12 +69,11 @@ class FlaskGuard:
 
         return decorator
 
-    def _respond(self, ctx: RequestContext | None, denial: Denial) -> Response:
-        if ctx is None:
-            return Response(denial.body(None), status=denial.status, headers=denial.headers,
-                            mimetype="application/json")
-        status, headers, body = self.guard.render(ctx, denial)
-        return Response(body, status=status, headers=[(k.decode(), v.decode()) for k, v in headers])
+    @staticmethod
+    def _respond(ctx: RequestContext | None, denial: Denial) -> Response:
+        # The WSGI middleware adds the per-call headers (request id, HSTS) to every response.
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in denial.raw_headers()]
+        return Response(denial.body(ctx.request_id if ctx else None), status=denial.status, headers=headers)
 
 
 def current_identity() -> Identity | None:
