@@ -1,0 +1,274 @@
+"""Reusable benchmark helpers: an in-process ASGI driver, a uvicorn launcher and a wrk runner.
+
+Everything here targets 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import dataclasses
+import http.client
+import os
+import platform
+import pstats
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message
+
+HOST = "127.0.0.1"
+CLIENT = (HOST, 50000)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """One HTTP request, replayable as an ASGI scope, over http.client, or by wrk."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def without_header(self, name: str) -> BenchRequest:
+        return dataclasses.replace(self, headers=tuple(h for h in self.headers if h[0].lower() != name.lower()))
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def scope(self, port: int = 8000) -> dict[str, Any]:
+        """The scope a server would build for this request arriving from :data:`CLIENT`."""
+        headers = [(b"host", f"{HOST}:{port}".encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers]
+        if self.body:
+            headers.append((b"content-length", str(len(self.body)).encode()))
+        return {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": self.method, "scheme": "http", "path": self.path, "raw_path": self.path.encode(),
+            "root_path": "", "query_string": self.query.encode(), "headers": headers,
+            "client": CLIENT, "server": (HOST, port),
+        }
+
+    def wrk_lua(self) -> str:
+        lines = [f"wrk.method = {_lua_str(self.method)}", f"wrk.body = {_lua_str(self.body.decode())}"]
+        lines += [f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}" for k, v in self.headers]
+        return "\n".join(lines) + "\n"
+
+
+def _lua_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+class _Receive:
+    """Hands the body over once, then waits like a connection that stays open."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    async def __call__(self) -> Message:
+        body = self._body
+        if body is None:
+            await asyncio.get_running_loop().create_future()
+        self._body = None
+        return {"type": "http.request", "body": body, "more_body": False}
+
+
+async def _discard(message: Message) -> None:
+    pass
+
+
+async def call_asgi(app: ASGIApp, request: BenchRequest) -> tuple[int, bytes]:
+    """Status and body of one call through ``app``."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(request.scope(), _Receive(request.body), send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def _run(app: ASGIApp, scope: dict[str, Any], body: bytes, iterations: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(iterations):
+        await app(scope.copy(), _Receive(body), _discard)
+    return (time.perf_counter_ns() - start) / iterations / 1000
+
+
+def time_in_process(apps: Mapping[str, ASGIApp], request: BenchRequest, *, iterations: int, repeats: int,
+                    warmup: int) -> dict[str, list[float]]:
+    """Microseconds per request of each app, one figure per repeat.
+
+    Repeats are interleaved across apps so that background load spreads over all of them.
+    """
+    scope = request.scope()
+
+    async def main() -> dict[str, list[float]]:
+        for app in apps.values():
+            await _run(app, scope, request.body, warmup)
+        results: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(repeats):
+            for name, app in apps.items():
+                results[name].append(await _run(app, scope, request.body, iterations))
+        return results
+
+    return asyncio.run(main())
+
+
+def profile_in_process(app: ASGIApp, request: BenchRequest, *, iterations: int, top: int = 30) -> str:
+    """cProfile of ``iterations`` calls, the ``top`` functions by own time."""
+    scope = request.scope()
+    profiler = cProfile.Profile()
+
+    async def main() -> None:
+        await _run(app, scope, request.body, min(iterations, 1000))
+        profiler.enable()
+        await _run(app, scope, request.body, iterations)
+        profiler.disable()
+
+    asyncio.run(main())
+    out = _StringSink()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)  # type: ignore[arg-type]
+    return out.text
+
+
+class _StringSink:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve(argv: Sequence[str], port: int, *, start_timeout: float = 20.0) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command that listens on ``HOST:port``; stop it (by its pid) afterwards."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_listening(proc, port, start_timeout, log)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {HOST}:{port} within {timeout}s")
+
+
+def http_status(port: int, request: BenchRequest) -> int:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request(request.method, request.target, body=request.body, headers=dict(request.headers))
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    bad: int
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _latency(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+
+
+def run_wrk(port: int, request: BenchRequest, *, duration: float, threads: int = 1, connections: int = 32,
+            wrk: str = "wrk") -> WrkResult:
+    """Load ``HOST:port`` with ``request`` for ``duration`` seconds; non-2xx and socket errors count as bad."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(request.wrk_lua())
+        script.flush()
+        argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name,
+                f"http://{HOST}:{port}{request.target}"]
+        output = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if rps is None or total is None:
+        raise RuntimeError(f"cannot read wrk output:\n{output}")
+    bad = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    bad += sum(int(n) for n in errors.groups()) if errors else 0
+    return WrkResult(float(rps.group(1)), _latency(output, "50"), _latency(output, "99"), int(total.group(1)), bad)
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment(packages: Sequence[str]) -> list[str]:
+    """Lines describing the machine and software a run was measured on."""
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
+        cpu = match.group(1).strip() if match else cpu
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return [
+        f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, load {load}",
+        f"python: {sys.version.split()[0]} ({platform.python_implementation()})",
+        "packages: " + ", ".join(f"{p} {package_version(p)}" for p in packages),
+    ]
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
