@@ -25,6 +25,8 @@ def run_uvicorn(app: Any, **options: Any) -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1 in a thread; yields its base URL."""
     port = free_port()
     scheme = "https" if "ssl_context_factory" in options or "ssl_certfile" in options else "http"
+    # As `dsguard serve` does: the guard, not the server, decides which proxies are believed.
+    options.setdefault("proxy_headers", False)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -2,6 +2,9 @@
 ``[plugins.NAME]``, and enforced by real servers (uvicorn for ASGI, werkzeug for WSGI).
 
 The plugin under test is ``dsguard-ipfilter`` from ``plugins/`` (``pip install -e plugins/dsguard-ipfilter``).
+uvicorn runs with ``proxy_headers=False``: by default it rewrites the client address from
+``X-Forwarded-For`` itself when the peer is loopback, and dsguard's ``trusted_proxies`` would
+then not be what decides.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def test_ipfilter_is_installed_in_the_entry_point_group() -> None:
 
 def test_asgi_denies_a_forwarded_address_in_the_deny_list(uvicorn_server: Callable[..., Any]) -> None:
     app = GuardMiddleware(starlette_app(), config=parse_config(DENY_TEST_NET, file="dsguard.toml"))
-    with uvicorn_server(app) as url, httpx.Client(base_url=url) as http:
+    with uvicorn_server(app, proxy_headers=False) as url, httpx.Client(base_url=url) as http:
         assert_ip_denied(http.get("/whoami", headers=forwarded_for(DENIED)))
         allowed = http.get("/whoami", headers=forwarded_for(ALLOWED))
     assert allowed.status_code == 200
@@ -100,7 +103,7 @@ require_https = false
 deny = ["127.0.0.0/8"]
 """
     app = GuardMiddleware(starlette_app(), config=parse_config(text, file="dsguard.toml"))
-    with uvicorn_server(app) as url, httpx.Client(base_url=url) as http:
+    with uvicorn_server(app, proxy_headers=False) as url, httpx.Client(base_url=url) as http:
         response = http.get("/whoami", headers=forwarded_for(ALLOWED))
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "ip_denied"
@@ -152,7 +155,7 @@ def test_report_mode_lets_a_denied_address_through_and_logs_a_warning(
     text = DENY_TEST_NET + 'mode = "report"\n'
     caplog.set_level(logging.WARNING, logger="dsguard")
     app = GuardMiddleware(starlette_app(), config=parse_config(text, file="dsguard.toml"))
-    with uvicorn_server(app) as url, httpx.Client(base_url=url) as http:
+    with uvicorn_server(app, proxy_headers=False) as url, httpx.Client(base_url=url) as http:
         response = http.get("/whoami", headers=forwarded_for(DENIED))
     assert response.status_code == 200
     assert response.json()["client_ip"] == DENIED
