@@ -245,6 +245,19 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+def revision(paths: Sequence[str] = ("dsguard",)) -> str:
+    """The checked-out commit, and whether ``paths`` differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", *paths)
+    return f"{commit} ({', '.join(paths)} modified)" if dirty else commit
+
+
 def environment(packages: Sequence[str]) -> list[str]:
     """Lines describing the machine and software a run was measured on."""
     cpu = platform.processor() or "unknown"
@@ -258,6 +271,7 @@ def environment(packages: Sequence[str]) -> list[str]:
         f"machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, load {load}",
         f"python: {sys.version.split()[0]} ({platform.python_implementation()})",
         "packages: " + ", ".join(f"{p} {package_version(p)}" for p in packages),
+        f"revision: {revision()}",
     ]
 
 

@@ -209,8 +209,9 @@ def served(request: BenchRequest, args: argparse.Namespace) -> str:
 
 
 def run_server(name: str, port: int, http: str) -> None:
+    # proxy_headers off: forwarding headers reach every stack untouched, as in-process (dsguard reads them itself)
     uvicorn.run(build_stack(name), host="127.0.0.1", port=port, http=http, workers=1,  # type: ignore[arg-type]
-                log_level="warning", access_log=False)
+                proxy_headers=False, log_level="warning", access_log=False)
 
 
 def parse_args() -> argparse.Namespace:

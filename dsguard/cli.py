@@ -84,5 +84,34 @@ def config_check(path: Path) -> None:
     click.echo(f"{path}: ok")
 
 
+@config_group.command("keys")
+def config_keys() -> None:
+    """List every configuration key with its default and meaning."""
+    import dataclasses
+
+    from . import config as schema
+
+    def walk(cls: type, prefix: str) -> None:
+        for field in dataclasses.fields(cls):
+            if "doc" not in field.metadata:
+                continue
+            if field.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(field.default_factory):
+                walk(field.default_factory, f"{prefix}{field.name}.")
+                continue
+            if field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                default = field.default if field.default is not dataclasses.MISSING else "(required)"
+            click.echo(f"{prefix}{field.name} = {default!r}\n    {field.metadata['doc']}")
+
+    walk(schema.Config, "")
+    for name, cls in (("identity.jwt", schema.JWTConfig), ("identity.introspection", schema.IntrospectionConfig),
+                      ("policy", schema.PolicyConfig), ("rate_limits[]", schema.RateLimitConfig),
+                      ("signatures", schema.SignaturesConfig), ("waf", schema.WAFConfig),
+                      ("prompt_guard", schema.PromptGuardConfig), ("runner", schema.RunnerConfig),
+                      ("audit", schema.AuditConfig), ("telemetry", schema.TelemetryConfig)):
+        walk(cls, f"{name}.")
+
+
 if __name__ == "__main__":
     main()

@@ -53,7 +53,6 @@ class ServerConfig:
     client_ca: Path | None = doc("PEM bundle of CAs for client certificates; its presence turns on mTLS.", None)
     trusted_proxies: Networks = doc(
         "CIDRs of reverse proxies whose Forwarded/X-Forwarded-* headers are believed.", ())
-    workers: int = doc("Worker processes for `dsguard serve`.", 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import httpx
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

@@ -6,11 +6,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pytest
+from dsguard_ipfilter import IPFilterCheck
+
 from dsguard.context import RequestContext
 from dsguard.decision import Forbidden
 from dsguard.plugins import PluginOptionError
-
-from dsguard_ipfilter import IPFilterCheck
 
 
 def request_from(client_ip: str | None, headers: list[tuple[bytes, bytes]] | None = None) -> RequestContext:
