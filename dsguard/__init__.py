@@ -16,8 +16,9 @@ from .decision import (
     RateLimited,
     Unauthenticated,
 )
-from .errors import ConfigError, DSGuardError, PluginError
+from .errors import ConfigError, DSGuardError
 from .guard import Guard
+from .plugins import PluginOptionError
 
 __version__ = "0.1.0"
 
@@ -35,7 +36,7 @@ __all__ = [
     "Identity",
     "Overloaded",
     "PayloadTooLarge",
-    "PluginError",
+    "PluginOptionError",
     "RateLimited",
     "RequestContext",
     "ResponseInfo",

@@ -212,7 +212,7 @@ class Config:
     runner: RunnerConfig | None = doc("Local ONNX model runner.", None)
     audit: AuditConfig | None = doc("Tamper-evident audit log.", None)
     telemetry: TelemetryConfig | None = doc("Metrics and traces.", None)
-    plugins: dict[str, Any] = doc("Third-party checks by entry point name.", factory=dict)
+    plugins: dict[str, PluginConfig] = doc("Third-party checks by entry point name.", factory=dict)
     source: str | None = None
     present: frozenset[str] = frozenset()
     lines: dict[Any, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)

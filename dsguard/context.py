@@ -146,11 +146,11 @@ class RequestContext:
 
     @property
     def has_body(self) -> bool:
-        """Whether the request announces a body (Content-Length > 0 or chunked)."""
+        """Whether the request may carry a body: Content-Length > 0, chunked, or HTTP/2+ framing."""
         length = self.headers.get("content-length")
         if length is not None:
             return length.strip() != "0"
-        return "transfer-encoding" in self.headers
+        return "transfer-encoding" in self.headers or self.http_version[:1] in ("2", "3")
 
     @property
     def content_length(self) -> int | None:

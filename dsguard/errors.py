@@ -29,9 +29,5 @@ class ConfigError(DSGuardError):
         return f"{where}{key}{self.message}"
 
 
-class PluginError(DSGuardError):
-    """A plugin could not be found, loaded or built."""
-
-
 class ClientDisconnected(DSGuardError):
     """The client went away before the request body was read."""

@@ -70,8 +70,8 @@ class Guard:
         With no source and no ``$DSGUARD_CONFIG``, the secure defaults apply (HTTPS required).
         """
         if isinstance(source, Guard):
-            if kwargs:
-                raise TypeError("extra arguments cannot be combined with an existing Guard")
+            if any(kwargs.values()):
+                raise TypeError("checks, after_hooks and on_error belong to the Guard itself; pass them to it")
             return source
         if source is None:
             env = os.environ.get("DSGUARD_CONFIG")

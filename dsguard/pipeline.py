@@ -40,8 +40,9 @@ class Pipeline:
         self.body_limit = body_limit
         self.check_timeout = check_timeout
         self.after_hooks: list[AfterHook] = list(after_hooks)
+        # Global report mode wins; otherwise a check may put itself in report mode.
         self._steps = tuple(
-            (c, c.check, c.name, (getattr(c, "mode", None) or mode) == "report", bool(getattr(c, "needs_body", False)))
+            (c, c.check, c.name, "report" in (mode, getattr(c, "mode", None)), bool(getattr(c, "needs_body", False)))
             for c in ordered
         )
 

@@ -70,19 +70,34 @@ def load_plugin(plugin: PluginConfig, config: Config) -> Check:
             check = factory(dict(plugin.options))
     except PluginOptionError as exc:
         raise fail(exc.message, exc.key) from None
-    except (ValueError, TypeError) as exc:
+    except ValueError as exc:
         raise fail(f"invalid options: {exc}") from None
+    except Exception as exc:
+        raise fail(f"plugin {entry.value} failed to build its check: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(check, "check", None)) or not isinstance(getattr(check, "name", None), str):
         raise fail(f"plugin {entry.value} did not return a check (needs a name and a check(ctx) method)")
-    if plugin.stage is not None:
-        check.stage = plugin.stage
-    if plugin.mode is not None:
-        check.mode = plugin.mode
+    if plugin.stage is not None or plugin.mode is not None:
+        check = Placed(check, plugin.stage, plugin.mode)
     try:
         stage_rank(getattr(check, "stage", ""))
     except ValueError as exc:
-        raise fail(str(exc), "stage") from None
+        raise fail(f"plugin {entry.value}: {exc}") from None
     return check
+
+
+class Placed:
+    """A plugin's check with the ``stage``/``mode`` its table sets, leaving the plugin's object untouched."""
+
+    def __init__(self, inner: Check, stage: str | None, mode: str | None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.stage = stage or inner.stage
+        self.mode = mode or getattr(inner, "mode", None)
+        self.needs_body = getattr(inner, "needs_body", False)
+        self.check = inner.check
+        for hook in ("startup", "shutdown"):
+            if hasattr(inner, hook):
+                setattr(self, hook, getattr(inner, hook))
 
 
 def _accepts_config(factory: Any) -> bool:

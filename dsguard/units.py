@@ -87,6 +87,8 @@ class NetworkSet:
         hit = self._cache.get(address)
         if hit is None:
             ip = parse_ip(address)
+            if ip is not None and ip.version == 6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
             hit = ip is not None and any(ip in net for net in self.networks if net.version == ip.version)
             if len(self._cache) > 4096:
                 self._cache.clear()

@@ -113,3 +113,22 @@ class InProcess:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
+
+
+def broken_factory(options: dict[str, object]) -> object:
+    """A plugin factory with a bug of its own (not an options problem)."""
+    raise RuntimeError("cannot reach the plugin's backend")
+
+
+class FrozenCheck:
+    """A plugin check whose attributes cannot be changed after construction."""
+
+    __slots__ = ()
+    name = "frozen"
+    stage = "content"
+
+    def __init__(self, options: dict[str, object]) -> None:
+        pass
+
+    def check(self, ctx: RequestContext) -> Denial:
+        return Forbidden("frozen says no", code="frozen")

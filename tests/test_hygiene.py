@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from dsguard import GuardMiddleware, GuardWSGIMiddleware
+from dsguard import GuardMiddleware, GuardWSGIMiddleware, RequestContext
 
 from .conftest import run_uvicorn, run_werkzeug
 from .helpers import InProcess, config, starlette_app
@@ -190,3 +190,16 @@ def test_chunked_body_over_the_limit_is_413_through_werkzeug() -> None:
     with run_werkzeug(GuardWSGIMiddleware(wsgi_echo, config=config(SMALL))) as url:
         reply = raw_exchange(url, chunked_request(4096))
     assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+@pytest.mark.parametrize(("headers", "version", "expected"), [
+    ([], "1.1", False),
+    ([(b"content-length", b"0")], "1.1", False),
+    ([(b"content-length", b"12")], "1.1", True),
+    ([(b"transfer-encoding", b"chunked")], "1.1", True),
+    ([], "2", True),
+])
+def test_a_body_is_expected_from_framing_headers_or_http2(headers: list[tuple[bytes, bytes]], version: str,
+                                                          expected: bool) -> None:
+    ctx = RequestContext("POST", "/", b"/", b"", headers, "192.0.2.1", "https", version)
+    assert ctx.has_body is expected

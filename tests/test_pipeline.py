@@ -82,12 +82,21 @@ def wsgi_ok(environ, start_response):  # type: ignore[no-untyped-def]
 
 def test_the_same_async_check_runs_under_wsgi() -> None:
     check = AsyncDenyHeader()
-    with run_werkzeug(GuardWSGIMiddleware(wsgi_ok, config=config(), checks=[check])) as url:
+    middleware = GuardWSGIMiddleware(wsgi_ok, config=config(), checks=[check])
+    with run_werkzeug(middleware) as url:
         assert httpx.get(url).text == "ok"
         response = httpx.get(url, headers={"x-deny": "1"})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "header_denied"
     assert check.started == 1
+    middleware.close()
+    assert check.stopped == 1
+
+
+def test_checks_given_with_an_existing_guard_are_refused_not_ignored() -> None:
+    guard = Guard(config())
+    with pytest.raises(TypeError, match="belong to the Guard"):
+        GuardMiddleware(starlette_app(), config=guard, checks=[Exploding()])
 
 
 def test_slow_async_check_times_out_under_wsgi() -> None:
@@ -179,3 +188,16 @@ def test_every_response_has_a_request_id() -> None:
     first, second = http.get("/whoami"), http.get("/whoami")
     assert len(first.headers["x-request-id"]) == 16
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+def test_global_report_mode_wins_over_a_check_that_says_enforce() -> None:
+    class Strict:
+        name = "strict"
+        stage = "content"
+        mode = "enforce"
+
+        def check(self, ctx: RequestContext) -> Denial:
+            return Forbidden("strict says no", code="strict")
+
+    http = InProcess(GuardMiddleware(starlette_app(), config=config('mode = "report"\n'), checks=[Strict()]))
+    assert http.get("/whoami").status_code == 200

@@ -187,3 +187,30 @@ def test_stage_override_decides_which_denial_a_blocked_network_sees(
         response = http.request("TRACE", "/whoami", headers=forwarded_for(DENIED))
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
+
+
+def _fake_entry_point(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    from importlib.metadata import EntryPoint
+
+    import dsguard.plugins
+
+    entry = EntryPoint(name=name, value=value, group="dsguard.checks")
+    monkeypatch.setattr(dsguard.plugins, "installed_plugins", lambda: {name: entry})
+
+
+def test_a_plugin_that_fails_to_build_is_a_config_error_naming_its_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_entry_point(monkeypatch, "broken", "tests.helpers:broken_factory")
+    config = parse_config("\n[plugins.broken]\n", file="dsguard.toml")
+    with pytest.raises(ConfigError) as error:
+        Guard(config)
+    assert str(error.value).startswith("dsguard.toml:2: [plugins.broken]: plugin tests.helpers:broken_factory")
+    assert "RuntimeError: cannot reach the plugin's backend" in str(error.value)
+
+
+def test_stage_and_mode_overrides_leave_an_immutable_plugin_check_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_entry_point(monkeypatch, "frozen", "tests.helpers:FrozenCheck")
+    text = '[transport]\nrequire_https = false\n[plugins.frozen]\nstage = "pre-auth"\nmode = "report"\n'
+    guard = Guard(parse_config(text, file="dsguard.toml"))
+    placed = guard.pipeline.checks[-1]
+    assert (placed.name, placed.stage, getattr(placed, "mode", None)) == ("frozen", "pre-auth", "report")
+    assert [c.name for c in guard.pipeline.checks] == ["transport", "hygiene", "json", "frozen"]

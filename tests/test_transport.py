@@ -105,3 +105,9 @@ def test_parse_forwarded(header: str, expected: list[dict[str, str]]) -> None:
 def test_parse_forwarded_rejects_malformed(header: str) -> None:
     with pytest.raises(ForwardedError):
         parse_forwarded(header)
+
+
+def test_ipv4_mapped_peer_matches_an_ipv4_trusted_proxy() -> None:
+    headers = {"x-forwarded-for": "198.51.100.7", "x-forwarded-proto": "https"}
+    response = client(BEHIND_PROXY, "::ffff:10.1.2.3").get("/whoami", headers=headers)
+    assert response.json()["client_ip"] == "198.51.100.7"

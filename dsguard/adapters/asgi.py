@@ -98,16 +98,17 @@ class GuardMiddleware:
 
     The verified identity is at ``request.state.identity`` and the whole
     :class:`~dsguard.context.RequestContext` at ``request.state.dsguard``.
+
+    Run uvicorn with ``proxy_headers=False`` (``--no-proxy-headers``): by default it rewrites the
+    client address from ``X-Forwarded-For`` for loopback peers before the guard sees the call,
+    which would bypass ``[server] trusted_proxies``.
     """
 
     def __init__(self, app: ASGIApp, config: str | Path | Config | Guard | None = None, *,
                  checks: Iterable[Check] = (), after_hooks: Iterable[AfterHook] = (),
                  on_error: ErrorRenderer | None = None) -> None:
         self.app = app
-        if isinstance(config, Guard):
-            self.guard = config
-        else:
-            self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
+        self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -132,7 +133,6 @@ class GuardMiddleware:
             denial = await pipeline.evaluate(ctx, call)
         except ClientDisconnected:
             response.disconnected = True
-            denial = None
             if pipeline.has_after_hooks(ctx):
                 await pipeline.finish(ctx, response, call)
             return

@@ -132,10 +132,7 @@ class GuardWSGIMiddleware:
                  checks: Iterable[Check] = (), after_hooks: Iterable[AfterHook] = (),
                  on_error: ErrorRenderer | None = None) -> None:
         self.app = app
-        if isinstance(config, Guard):
-            self.guard = config
-        else:
-            self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
+        self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
         self.portal = Portal()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -170,6 +167,12 @@ class GuardWSGIMiddleware:
             self._finish(ctx, response, call)
             raise
         return _Closing(result, lambda: self._finish(ctx, response, call), response)
+
+    def close(self) -> None:
+        """Shut the checks down (closing their connections) and stop the background loop."""
+        if self.guard.started:
+            self.portal.call(self.guard.shutdown())
+        self.portal.close()
 
     def _deny(self, ctx: RequestContext, denial: Denial, start_response: StartResponse, response: ResponseInfo,
               call: WSGICall) -> list[bytes]:
