@@ -97,7 +97,7 @@ def test_embedded_default_is_loopback_demo_with_memory_storage() -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
     assert config.transport.require_https is False
     assert config.storage.url == "memory://"
-    assert [u.section for u in unavailable_features(config)] == ["storage"]
+    assert unavailable_features(config) == []
 
 
 def test_unavailable_security_feature_refuses_to_start_in_enforce_mode() -> None:
