@@ -209,6 +209,8 @@ class WrkResult:
     p99_ms: float
     requests: int
     bad: int
+    server_cpu_us: float = float("nan")
+    """CPU time (user + system) the server process spent per request, where /proc tells it."""
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -219,15 +221,29 @@ def _latency(output: str, percentile: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(port: int, request: BenchRequest, *, duration: float, threads: int = 1, connections: int = 32,
-            wrk: str = "wrk") -> WrkResult:
-    """Load ``HOST:port`` with ``request`` for ``duration`` seconds; non-2xx and socket errors count as bad."""
+            wrk: str = "wrk", server_pid: int | None = None) -> WrkResult:
+    """Load ``HOST:port`` with ``request`` for ``duration`` seconds; non-2xx and socket errors count as bad.
+
+    With ``server_pid``, the server's CPU time per request is measured too.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(request.wrk_lua())
         script.flush()
         argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name,
                 f"http://{HOST}:{port}{request.target}"]
+        cpu_before = cpu_seconds(server_pid) if server_pid else float("nan")
         output = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+        cpu = cpu_seconds(server_pid) - cpu_before if server_pid else float("nan")
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     total = re.search(r"(\d+) requests in", output)
     if rps is None or total is None:
@@ -235,7 +251,9 @@ def run_wrk(port: int, request: BenchRequest, *, duration: float, threads: int =
     bad = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", output))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     bad += sum(int(n) for n in errors.groups()) if errors else 0
-    return WrkResult(float(rps.group(1)), _latency(output, "50"), _latency(output, "99"), int(total.group(1)), bad)
+    requests = int(total.group(1))
+    return WrkResult(float(rps.group(1)), _latency(output, "50"), _latency(output, "99"), requests, bad,
+                     cpu / requests * 1e6 if requests else float("nan"))
 
 
 def package_version(name: str) -> str:
