@@ -132,3 +132,17 @@ class FrozenCheck:
 
     def check(self, ctx: RequestContext) -> Denial:
         return Forbidden("frozen says no", code="frozen")
+
+
+def first_chunk_then_rest(url: str, release: Any) -> tuple[bytes, bytes, httpx.Response]:
+    """Read a streamed response's first chunk, then ``release`` the server's next one.
+
+    A middleware that buffered the response would never hand over the first chunk while the
+    server waits for the release, so the server would time out and send ``buffered`` instead.
+    """
+    with httpx.stream("GET", url, timeout=20) as response:
+        chunks = response.iter_raw()
+        first = next(chunks)
+        release.set()
+        rest = b"".join(chunks)
+    return first, rest, response

@@ -20,7 +20,7 @@ from dsguard import GuardMiddleware, Identity
 from dsguard.adapters.fastapi import get_identity, require
 
 from .conftest import run_uvicorn
-from .helpers import AsyncDenyHeader, HeaderIdentity, config, starlette_app
+from .helpers import AsyncDenyHeader, HeaderIdentity, config, first_chunk_then_rest, starlette_app
 
 
 def test_sse_streams_chunk_by_chunk_through_the_middleware() -> None:
@@ -36,11 +36,8 @@ def test_sse_streams_chunk_by_chunk_through_the_middleware() -> None:
         return StreamingResponse(body(), media_type="text/event-stream")
 
     app = GuardMiddleware(Starlette(routes=[Route("/events", events)]), config=config())
-    with run_uvicorn(app) as url, httpx.stream("GET", url + "/events", timeout=20) as response:
-        chunks = response.iter_raw()
-        first = next(chunks)
-        release.set()
-        rest = b"".join(chunks)
+    with run_uvicorn(app) as url:
+        first, rest, response = first_chunk_then_rest(url + "/events", release)
     assert first == b"data: one\n\n"
     assert rest == b"data: two\n\n"
     assert response.headers["content-type"].startswith("text/event-stream")

@@ -11,7 +11,7 @@ from dsguard import GuardWSGIMiddleware
 from dsguard.adapters.flask import FlaskGuard, current_identity
 
 from .conftest import run_werkzeug
-from .helpers import HeaderIdentity, config
+from .helpers import HeaderIdentity, config, first_chunk_then_rest
 
 
 def flask_app() -> tuple[Flask, threading.Event]:
@@ -64,11 +64,8 @@ def test_flask_decorator_denies_in_the_guard_shape() -> None:
 
 def test_flask_streamed_response_passes_through_unbuffered() -> None:
     app, release = flask_app()
-    with run_werkzeug(app) as url, httpx.stream("GET", url + "/stream", timeout=20) as response:
-        chunks = response.iter_raw()
-        first = next(chunks)
-        release.set()
-        rest = b"".join(chunks)
+    with run_werkzeug(app) as url:
+        first, rest, _ = first_chunk_then_rest(url + "/stream", release)
     assert first == b"data: one\n\n"
     assert rest == b"data: two\n\n"
 

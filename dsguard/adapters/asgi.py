@@ -93,6 +93,16 @@ class ASGICall:
         return receive
 
 
+def _expose(scope: Scope, ctx: RequestContext) -> None:
+    """Hand the verified context to the app: ``request.state.identity`` / ``request.state.dsguard``."""
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = state = {}
+    state["identity"] = ctx.identity
+    state["dsguard"] = ctx
+    scope["dsguard"] = ctx
+
+
 class GuardMiddleware:
     """``app.add_middleware(GuardMiddleware, config="dsguard.toml")``.
 
@@ -141,12 +151,7 @@ class GuardMiddleware:
             if pipeline.has_after_hooks(ctx):
                 await pipeline.finish(ctx, response, call)
             return
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state["identity"] = ctx.identity
-        state["dsguard"] = ctx
-        scope["dsguard"] = ctx
+        _expose(scope, ctx)
         request_id = (guard.request_id_header, ctx.request_id.encode())
 
         async def guarded_send(message: Message) -> None:
@@ -193,12 +198,7 @@ class GuardMiddleware:
         except ClientDisconnected:
             return
         if denial is None:
-            state = scope.get("state")
-            if state is None:
-                scope["state"] = state = {}
-            state["identity"] = ctx.identity
-            state["dsguard"] = ctx
-            scope["dsguard"] = ctx
+            _expose(scope, ctx)
             await self.app(scope, receive, send)
             return
         message = await receive()
