@@ -9,6 +9,7 @@ import asyncio
 import cProfile
 import dataclasses
 import http.client
+import io
 import os
 import platform
 import pstats
@@ -19,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import timeit
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -107,7 +109,7 @@ async def _run(app: ASGIApp, scope: dict[str, Any], body: bytes, iterations: int
     start = time.perf_counter_ns()
     for _ in range(iterations):
         await app(scope.copy(), _Receive(body), _discard)
-    return (time.perf_counter_ns() - start) / iterations / 1000
+    return (time.perf_counter_ns() - start) / max(iterations, 1) / 1000
 
 
 def time_in_process(apps: Mapping[str, ASGIApp], request: BenchRequest, *, iterations: int, repeats: int,
@@ -130,6 +132,11 @@ def time_in_process(apps: Mapping[str, ASGIApp], request: BenchRequest, *, itera
     return asyncio.run(main())
 
 
+def time_calls(calls: Mapping[str, Callable[[], object]], *, number: int, repeats: int = 5) -> dict[str, float]:
+    """Microseconds per call of each synchronous callable, best of ``repeats``."""
+    return {name: min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6 for name, fn in calls.items()}
+
+
 def profile_in_process(app: ASGIApp, request: BenchRequest, *, iterations: int, top: int = 30) -> str:
     """cProfile of ``iterations`` calls, the ``top`` functions by own time."""
     scope = request.scope()
@@ -142,18 +149,9 @@ def profile_in_process(app: ASGIApp, request: BenchRequest, *, iterations: int, 
         profiler.disable()
 
     asyncio.run(main())
-    out = _StringSink()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)  # type: ignore[arg-type]
-    return out.text
-
-
-class _StringSink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def free_port() -> int:
@@ -230,19 +228,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(port: int, request: BenchRequest, *, duration: float, threads: int = 1, connections: int = 32,
+def run_wrk(port: int, request: BenchRequest, *, duration: int, threads: int = 1, connections: int = 32,
             wrk: str = "wrk", server_pid: int | None = None) -> WrkResult:
-    """Load ``HOST:port`` with ``request`` for ``duration`` seconds; non-2xx and socket errors count as bad.
+    """Load ``HOST:port`` with ``request`` for ``duration`` whole seconds; non-2xx and socket errors are bad.
 
     With ``server_pid``, the server's CPU time per request is measured too.
     """
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(request.wrk_lua())
         script.flush()
-        argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", script.name,
+        argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
                 f"http://{HOST}:{port}{request.target}"]
         cpu_before = cpu_seconds(server_pid) if server_pid else float("nan")
-        output = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr or done.stdout}")
+        output = done.stdout
         cpu = cpu_seconds(server_pid) - cpu_before if server_pid else float("nan")
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     total = re.search(r"(\d+) requests in", output)
@@ -267,7 +268,8 @@ def revision(paths: Sequence[str] = ("dsguard",)) -> str:
     """The checked-out commit, and whether ``paths`` differ from it."""
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).resolve().parent.parent).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 

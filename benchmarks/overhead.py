@@ -20,12 +20,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import casbin
 import jwt
 import uvicorn
 from _harness import (
     BenchRequest,
+    WrkResult,
     call_asgi,
     environment,
     free_port,
@@ -35,6 +37,7 @@ from _harness import (
     run_wrk,
     serve,
     table,
+    time_calls,
     time_in_process,
 )
 from limits import parse
@@ -63,6 +66,11 @@ require_https = true
 [hygiene]
 max_body = "1MiB"
 """
+# dsguard with its checks turned on one section at a time (--breakdown)
+BREAKDOWN = {
+    "dsguard, no checks": "[transport]\nenabled = false\n[hygiene]\nenabled = false\n",
+    "dsguard, transport": DSGUARD_TOML.replace("[hygiene]\n", "[hygiene]\nenabled = false\n"),
+}
 CHAT_BODY = {
     "model": "deepseek-chat",
     "messages": [
@@ -165,11 +173,12 @@ def sanity(apps: dict[str, ASGIApp], request: BenchRequest) -> bool:
     cases += [("peer", "no Authorization", request.without_header("authorization"), 401),
               ("dsguard", "no X-Forwarded-Proto", request.without_header("x-forwarded-proto"), 403)]
     ok = True
+    width = max(map(len, apps))
     for name, label, req, expected in cases:
         status, body = asyncio.run(call_asgi(apps[name], req))
         good = status == expected
         ok &= good
-        print(f"  {'ok  ' if good else 'FAIL'} {name:8} {label:22} -> {status} (expected {expected})"
+        print(f"  {'ok  ' if good else 'FAIL'} {name:{width}} {label:22} -> {status} (expected {expected})"
               + ("" if good else f" {body[:200]!r}"))
     return ok
 
@@ -182,50 +191,77 @@ def in_process(apps: dict[str, ASGIApp], request: BenchRequest, args: argparse.N
     return table(("stack", "us/req (median)", "min", "max", "vs bare"), rows)
 
 
-def served(request: BenchRequest, args: argparse.Namespace) -> str:
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in STACKS}
+def peer_parts(peer: PeerGuard, request: BenchRequest, number: int) -> str:
+    """What each building block of the peer stack costs on its own: the budget later dsguard checks compete for."""
+    token = dict(request.headers)["Authorization"].removeprefix("Bearer ")
+    query = parse_qsl(request.query)
+    calls = {
+        "pyjwt HS256 decode": lambda: jwt.decode(token, JWT_KEY, algorithms=["HS256"], audience=AUDIENCE),
+        "casbin enforce": lambda: peer.enforcer.enforce("alice", request.path, request.method),
+        "limits moving-window hit": lambda: peer.limiter.hit(peer.rate, "subject", "alice"),
+        "query regexes": lambda: [_ATTACK.search(text) for pair in query for text in pair],
+    }
+    rows = [(name, f"{us:.1f}") for name, us in time_calls(calls, number=number).items()]
+    return table(("peer building block (alone)", "us/call"), rows)
+
+
+def served(request: BenchRequest, args: argparse.Namespace, http: str) -> str:
+    results: dict[str, list[WrkResult]] = {name: [] for name in STACKS}
     for _ in range(args.rounds):
         for name in STACKS:
             port = free_port()
-            argv = [sys.executable, __file__, "--serve", name, "--port", str(port), "--http", args.http]
-            with serve(argv, port):
+            argv = [sys.executable, __file__, "--serve", name, "--port", str(port), "--http", http]
+            with serve(argv, port) as proc:
                 status = http_status(port, request)
                 if status != 200:
                     raise SystemExit(f"{name} served {status} to the benchmark request")
                 if args.warmup_served > 0:
                     run_wrk(port, request, duration=args.warmup_served, connections=args.connections, wrk=args.wrk)
-                result = run_wrk(port, request, duration=args.duration, connections=args.connections, wrk=args.wrk)
+                result = run_wrk(port, request, duration=args.duration, connections=args.connections, wrk=args.wrk,
+                                 server_pid=proc.pid)
             if result.bad:
                 raise SystemExit(f"{name}: {result.bad} of {result.requests} requests failed under load")
-            results[name].append((result.rps, result.p50_ms, result.p99_ms))
-            print(f"  {name:8} {result.rps:9.0f} rps  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms")
-    base = median([r[0] for r in results["bare"]])
+            results[name].append(result)
+            print(f"  {name:8} {result.rps:7.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  "
+                  f"server CPU {result.server_cpu_us:.0f} us/req")
+    base = median([r.rps for r in results["bare"]])
     rows = []
     for name, runs in results.items():
-        rps = median([r[0] for r in runs])
-        rows.append((name, f"{rps:.0f}", f"{median([r[1] for r in runs]):.2f}",
-                     f"{median([r[2] for r in runs]):.2f}", f"{rps / base:.2f}x"))
-    return table(("stack", "req/s (median)", "p50 ms", "p99 ms", "vs bare"), rows)
+        rps = median([r.rps for r in runs])
+        rows.append((name, f"{rps:.0f}", f"{median([r.p50_ms for r in runs]):.2f}",
+                     f"{median([r.p99_ms for r in runs]):.2f}", f"{median([r.server_cpu_us for r in runs]):.0f}",
+                     f"{rps / base:.2f}x"))
+    return table(("stack", "req/s (median)", "p50 ms", "p99 ms", "server CPU us/req", "vs bare"), rows)
 
 
 def run_server(name: str, port: int, http: str) -> None:
     # proxy_headers off: forwarding headers reach every stack untouched, as in-process (dsguard reads them itself)
-    uvicorn.run(build_stack(name), host="127.0.0.1", port=port, http=http, workers=1,  # type: ignore[arg-type]
+    uvicorn.run(build_stack(name), host="127.0.0.1", port=port, http=http, workers=1,
                 proxy_headers=False, log_level="warning", access_log=False)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=20_000, help="in-process requests per repeat")
-    p.add_argument("--repeats", type=int, default=5, help="in-process repeats (the median is reported)")
+    p.add_argument("--iterations", type=_positive, default=20_000, help="in-process requests per repeat")
+    p.add_argument("--repeats", type=_positive, default=5, help="in-process repeats (the median is reported)")
     p.add_argument("--warmup", type=int, default=2_000, help="in-process warm-up requests per stack")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of wrk load per stack and round")
-    p.add_argument("--warmup-served", type=float, default=2.0, help="seconds of wrk warm-up per server")
-    p.add_argument("--rounds", type=int, default=1, help="served rounds (the median is reported)")
+    p.add_argument("--duration", type=_positive, default=10, help="seconds of wrk load per stack and round")
+    p.add_argument("--warmup-served", type=int, default=2, help="seconds of wrk warm-up per server (0: none)")
+    p.add_argument("--rounds", type=_positive, default=1, help="served rounds (the median is reported)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (one wrk thread)")
-    p.add_argument("--http", choices=("httptools", "h11"), default="httptools", help="uvicorn HTTP parser")
+    p.add_argument("--http", nargs="+", choices=("h11", "httptools"), default=["h11", "httptools"],
+                   help="uvicorn HTTP parser(s); each is measured in turn")
     p.add_argument("--wrk", default="wrk", help="wrk executable")
     p.add_argument("--skip-served", action="store_true", help="only the in-process measurement")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time dsguard in-process with no checks, then with transport only")
     p.add_argument("--profile", choices=STACKS, help="print a cProfile of one stack's in-process loop and exit")
     p.add_argument("--serve", choices=STACKS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -235,10 +271,14 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     if args.serve:
-        run_server(args.serve, args.port, args.http)
+        run_server(args.serve, args.port, args.http[0])
         return 0
     request = bench_request()
     apps = {name: build_stack(name) for name in STACKS}
+    if args.breakdown:
+        partial = {name: dsguard.GuardMiddleware(bare_app(), config=parse_config(text, file=f"<{name}>"))
+                   for name, text in BREAKDOWN.items()}
+        apps = {"bare": apps["bare"], "peer": apps["peer"], **partial, "dsguard": apps["dsguard"]}
     if args.profile:
         print(profile_in_process(apps[args.profile], request, iterations=args.iterations))
         return 0
@@ -250,14 +290,20 @@ def main() -> int:
         return 1
     print(f"\nin-process ({args.iterations} requests x {args.repeats} repeats, asyncio loop, no server):")
     print(in_process(apps, request, args))
+    print()
+    peer = apps["peer"]
+    assert isinstance(peer, PeerGuard)
+    print(peer_parts(peer, request, number=max(args.iterations // 10, 100)))
     if args.skip_served:
         return 0
     if shutil.which(args.wrk) is None:
         print(f"\nserved: skipped, {args.wrk} not found")
         return 0
-    print(f"\nserved (uvicorn, 1 worker, --http {args.http}, default loop; wrk -t1 -c{args.connections} "
-          f"-d{args.duration:g}s after {args.warmup_served:g}s warm-up; {args.rounds} round(s)):")
-    print(served(request, args))
+    for http in args.http:
+        print(f"\nserved (uvicorn, 1 worker, --http {http}, loop auto (uvloop if installed), proxy headers off; "
+              f"wrk -t1 -c{args.connections} -d{args.duration}s after {args.warmup_served}s warm-up; "
+              f"{args.rounds} round(s)):")
+        print(served(request, args, http))
     return 0
 
 
