@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -10,48 +11,75 @@ from typing import Any
 from .types import RawHeaders
 
 _UNSET: Any = object()
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
+_KEYS: dict[str, bytes] = {}
+_NO_REPEATS: frozenset[bytes] = frozenset()
+
+
+def _key(name: str) -> bytes:
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower().encode("latin-1")
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
 
 
 class Headers(Mapping[str, str]):
-    """Request headers, case-insensitive, built lazily from the raw ``(name, value)`` list.
+    """Request headers, case-insensitive, over the raw ``(name, value)`` list (names lower-case).
 
     ``headers[name]`` joins repeated fields with ``", "`` (``"; "`` for ``cookie``);
-    :meth:`getlist` returns them one by one.
+    :meth:`getlist` returns them one by one and :attr:`repeated` names those that repeat.
     """
 
-    __slots__ = ("_map", "raw")
+    __slots__ = ("_map", "_repeated", "raw")
 
     def __init__(self, raw: RawHeaders) -> None:
         self.raw = raw
-        self._map: dict[str, str] | None = None
+        self._map: dict[bytes, bytes] | None = None
+        self._repeated = _NO_REPEATS
 
-    def _build(self) -> dict[str, str]:
-        mapping: dict[str, str] = {}
-        for name, value in self.raw:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            if key in mapping:
-                mapping[key] = f"{mapping[key]}{'; ' if key == 'cookie' else ', '}{text}"
-            else:
-                mapping[key] = text
+    def _build(self) -> dict[bytes, bytes]:
+        raw = self.raw
+        mapping = dict(raw)
+        if len(mapping) != len(raw):
+            mapping, repeated = {}, set()
+            for name, value in raw:
+                if name in mapping:
+                    repeated.add(name)
+                    mapping[name] = mapping[name] + (b"; " if name == b"cookie" else b", ") + value
+                else:
+                    mapping[name] = value
+            self._repeated = frozenset(repeated)
         self._map = mapping
         return mapping
 
+    @property
+    def repeated(self) -> frozenset[bytes]:
+        """Names of the fields sent more than once."""
+        if self._map is None:
+            self._build()
+        return self._repeated
+
     def __getitem__(self, key: str) -> str:
-        return (self._map or self._build())[key.lower()]
+        return (self._map or self._build())[_key(key)].decode("latin-1")
 
     def get(self, key: str, default: Any = None) -> Any:
-        return (self._map or self._build()).get(key.lower(), default)
+        value = (self._map or self._build()).get(_key(key))
+        return default if value is None else value.decode("latin-1")
 
     def getlist(self, key: str) -> list[str]:
-        name = key.lower().encode("latin-1")
-        return [v.decode("latin-1") for k, v in self.raw if k.lower() == name]
+        name = _key(key)
+        return [v.decode("latin-1") for k, v in self.raw if k == name]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in (self._map or self._build())
+        return isinstance(key, str) and _key(key) in (self._map or self._build())
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._map or self._build())
+        return (k.decode("latin-1") for k in (self._map or self._build()))
 
     def __len__(self) -> int:
         return len(self._map or self._build())
@@ -107,9 +135,9 @@ class RequestContext:
     """
 
     __slots__ = (
-        "_after", "_json", "_request_id", "attributes", "body", "body_limit", "client_ip", "denials_reported",
-        "headers", "http_version", "identity", "method", "path", "peer", "query_string", "raw_path",
-        "response_headers", "route_denial", "scheme", "timings", "tls",
+        "_after", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body", "body_limit",
+        "client_ip", "denials_reported", "headers", "http_version", "identity", "method", "path", "peer",
+        "query_string", "raw_path", "response_headers", "route_denial", "scheme", "timings", "tls",
     )
 
     def __init__(self, method: str, path: str, raw_path: bytes, query_string: bytes, headers: RawHeaders,
@@ -135,22 +163,29 @@ class RequestContext:
         self.denials_reported: list[Any] = []
         self._after: list[AfterHook] | None = None
         self._json: Any = _UNSET
+        self._has_body: bool | None = None
+        self._media_type: Any = _UNSET
         self._request_id = request_id
 
     @property
     def request_id(self) -> str:
-        """A random id for this call, made on first use (responses, logs, audit)."""
+        """An id for this call, unique across processes (random prefix) and made on first use."""
         if self._request_id is None:
-            self._request_id = secrets.token_hex(8)
+            self._request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         return self._request_id
 
     @property
     def has_body(self) -> bool:
         """Whether the request may carry a body: Content-Length > 0, chunked, or HTTP/2+ framing."""
-        length = self.headers.get("content-length")
-        if length is not None:
-            return length.strip() != "0"
-        return "transfer-encoding" in self.headers or self.http_version[:1] in ("2", "3")
+        has = self._has_body
+        if has is None:
+            length = self.headers.get("content-length")
+            if length is not None:
+                has = length.strip() != "0"
+            else:
+                has = "transfer-encoding" in self.headers or self.http_version[:1] in ("2", "3")
+            self._has_body = has
+        return has
 
     @property
     def content_length(self) -> int | None:
@@ -166,10 +201,12 @@ class RequestContext:
     @property
     def media_type(self) -> str | None:
         """The lower-cased media type of the body, without parameters."""
-        value = self.headers.get("content-type")
-        if value is None:
-            return None
-        return value.split(";", 1)[0].strip().lower()
+        media_type = self._media_type
+        if media_type is _UNSET:
+            value = self.headers.get("content-type")
+            media_type = None if value is None else value.split(";", 1)[0].strip().lower()
+            self._media_type = media_type
+        return media_type
 
     @property
     def json(self) -> Any:

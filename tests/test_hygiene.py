@@ -203,3 +203,44 @@ def test_a_body_is_expected_from_framing_headers_or_http2(headers: list[tuple[by
                                                           expected: bool) -> None:
     ctx = RequestContext("POST", "/", b"/", b"", headers, "192.0.2.1", "https", version)
     assert ctx.has_body is expected
+
+
+def hygiene_denial(headers: list[tuple[bytes, bytes]]) -> str | None:
+    from dsguard.checks.hygiene import HygieneCheck
+    from dsguard.config import HygieneConfig
+
+    ctx = RequestContext("POST", "/", b"/", b"", [(b"content-type", b"application/json"), *headers],
+                         "192.0.2.1", "https")
+    denial = HygieneCheck(HygieneConfig()).check(ctx)
+    return denial.code if denial is not None else None
+
+
+def test_conflicting_content_lengths_are_400_request_smuggling() -> None:
+    assert hygiene_denial([(b"content-length", b"3"), (b"content-length", b"40")]) == "bad_content_length"
+
+
+def test_repeated_content_length_is_400_even_when_identical() -> None:
+    assert hygiene_denial([(b"content-length", b"3"), (b"content-length", b"3")]) == "bad_content_length"
+
+
+def test_a_single_content_length_passes() -> None:
+    assert hygiene_denial([(b"content-length", b"3")]) is None
+
+
+def test_content_length_with_transfer_encoding_is_400_request_smuggling() -> None:
+    headers = [(b"content-length", b"3"), (b"transfer-encoding", b"chunked")]
+    assert hygiene_denial(headers) == "bad_content_length"
+
+
+def test_non_numeric_content_length_is_400() -> None:
+    assert hygiene_denial([(b"content-length", b"+3")]) == "bad_content_length"
+
+
+def test_headers_join_repeats_and_keep_each_value() -> None:
+    ctx = RequestContext("GET", "/", b"/", b"", [(b"accept", b"a"), (b"cookie", b"x=1"), (b"accept", b"b"),
+                                                  (b"cookie", b"y=2")], "192.0.2.1", "https")
+    assert ctx.headers["Accept"] == "a, b"
+    assert ctx.headers.get("cookie") == "x=1; y=2"
+    assert ctx.headers.getlist("accept") == ["a", "b"]
+    assert ctx.headers.repeated == {b"accept", b"cookie"}
+    assert sorted(ctx.headers) == ["accept", "cookie"]

@@ -7,10 +7,17 @@ right, skipping trusted proxies, and the first untrusted hop is the client.
 
 from __future__ import annotations
 
+import functools
+
 from ..config import TransportConfig
 from ..context import RequestContext
 from ..decision import BadRequest, Denial, Forbidden
 from ..units import NetworkSet, parse_ip
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(text: str) -> bool:
+    return parse_ip(text) is not None
 
 
 class ForwardedError(ValueError):
@@ -110,7 +117,7 @@ class TransportCheck:
         if index < 0:
             return
         client = _node(hops[index])
-        if parse_ip(client) is None and client != "unknown" and not client.startswith("_"):
+        if not _is_ip(client) and client != "unknown" and not client.startswith("_"):
             raise ForwardedError(client)
         ctx.client_ip = client
         proto = protos[index]
