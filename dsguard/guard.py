@@ -13,7 +13,7 @@ from .checks.hygiene import HygieneCheck, JSONBodyCheck
 from .checks.transport import TransportCheck
 from .config import Config, load_config, unavailable_features
 from .context import AfterHook, RequestContext
-from .decision import Denial
+from .decision import CheckFailed, Denial
 from .errors import ConfigError
 from .pipeline import Pipeline, shutdown_checks, startup_checks
 from .plugins import load_plugin
@@ -86,13 +86,22 @@ class Guard:
             self._lock = asyncio.Lock()
         async with self._lock:
             if not self.started:
-                await startup_checks(self.pipeline.checks, _identity)
+                await startup_checks(self.pipeline.checks)
                 self.started = True
+
+    async def ready(self) -> Denial | None:
+        """Start the checks on first use; a failure refuses the call (503) and is retried later."""
+        try:
+            await self.startup()
+        except Exception:
+            logger.exception("dsguard checks failed to start; refusing calls until they do")
+            return CheckFailed("the guard is starting; try again", code="guard_unavailable")
+        return None
 
     async def shutdown(self) -> None:
         if self.started:
             self.started = False
-            await shutdown_checks(self.pipeline.checks, _identity)
+            await shutdown_checks(self.pipeline.checks)
 
     def render(self, ctx: RequestContext, denial: Denial) -> tuple[int, RawHeaders, bytes]:
         """Status, headers and body of the response refusing ``ctx``."""
@@ -105,7 +114,3 @@ class Guard:
         headers.append((self.request_id_header, ctx.request_id.encode()))
         headers.extend(ctx.response_headers)
         return denial.status, headers, denial.body(ctx.request_id)
-
-
-async def _identity(awaitable):  # type: ignore[no-untyped-def]
-    return await awaitable

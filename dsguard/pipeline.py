@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from time import perf_counter_ns
 from typing import Any, Protocol
 
@@ -96,18 +96,26 @@ class Pipeline:
                 logger.exception("after-response hook %r failed (request %s)", hook, ctx.request_id)
 
 
-async def startup_checks(checks: Sequence[Check], call: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
-    for check in checks:
-        start = getattr(check, "startup", None)
-        if start is not None:
-            await call(start())
+async def startup_checks(checks: Sequence[Check]) -> None:
+    """Start each check in order; if one fails, stop those already started and re-raise."""
+    started: list[Check] = []
+    try:
+        for check in checks:
+            start = getattr(check, "startup", None)
+            if start is not None:
+                await start()
+            started.append(check)
+    except BaseException:
+        await shutdown_checks(started)
+        raise
 
 
-async def shutdown_checks(checks: Sequence[Check], call: Callable[[Awaitable[Any]], Awaitable[Any]]) -> None:
+async def shutdown_checks(checks: Sequence[Check]) -> None:
+    """Stop checks in reverse order; errors are logged, never raised."""
     for check in reversed(checks):
         stop = getattr(check, "shutdown", None)
         if stop is not None:
             try:
-                await call(stop())
+                await stop()
             except Exception:
                 logger.exception("shutdown of check %s failed", check.name)

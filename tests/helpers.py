@@ -146,3 +146,21 @@ def first_chunk_then_rest(url: str, release: Any) -> tuple[bytes, bytes, httpx.R
         release.set()
         rest = b"".join(chunks)
     return first, rest, response
+
+
+class FailsToStart:
+    """A check whose backend is down at startup, then comes back."""
+
+    name = "flaky-start"
+    stage = "content"
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def startup(self) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("backend unreachable")
+
+    def check(self, ctx: RequestContext) -> None:
+        return None

@@ -13,7 +13,7 @@ from dsguard.decision import Denial, Forbidden, Overloaded, RateLimited, Unauthe
 from dsguard.guard import Guard
 
 from .conftest import run_werkzeug
-from .helpers import AsyncDenyHeader, Exploding, HeaderIdentity, InProcess, Slow, config, starlette_app
+from .helpers import AsyncDenyHeader, Exploding, FailsToStart, HeaderIdentity, InProcess, Slow, config, starlette_app
 
 
 def test_checks_run_in_request_path_order_whatever_the_order_given() -> None:
@@ -201,3 +201,20 @@ def test_global_report_mode_wins_over_a_check_that_says_enforce() -> None:
 
     http = InProcess(GuardMiddleware(starlette_app(), config=config('mode = "report"\n'), checks=[Strict()]))
     assert http.get("/whoami").status_code == 200
+
+
+def test_a_check_that_fails_to_start_refuses_calls_until_it_starts() -> None:
+    check = FailsToStart()
+    http = InProcess(GuardMiddleware(starlette_app(), config=config(), checks=[check]))
+    first = http.get("/whoami")
+    assert first.status_code == 503 and first.json()["error"]["code"] == "guard_unavailable"
+    assert http.get("/whoami").status_code == 200
+    assert check.attempts == 2
+
+
+def test_a_check_that_fails_to_start_refuses_wsgi_calls_too() -> None:
+    check = FailsToStart()
+    with run_werkzeug(GuardWSGIMiddleware(wsgi_ok, config=config(), checks=[check])) as url:
+        first = httpx.get(url)
+        second = httpx.get(url)
+    assert (first.status_code, second.status_code) == (503, 200)

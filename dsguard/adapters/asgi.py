@@ -133,14 +133,14 @@ class GuardMiddleware:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.guard
-        if not guard.started:
-            await guard.startup()
         pipeline = guard.pipeline
         ctx = context_from_scope(scope)
         call = ASGICall(receive)
         response = ResponseInfo()
         try:
-            denial = await pipeline.evaluate(ctx, call)
+            denial = None if guard.started else await guard.ready()
+            if denial is None:
+                denial = await pipeline.evaluate(ctx, call)
         except ClientDisconnected:
             response.disconnected = True
             if pipeline.has_after_hooks(ctx):
@@ -189,12 +189,12 @@ class GuardMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.guard
-        if not guard.started:
-            await guard.startup()
         ctx = context_from_scope(scope)
         call = ASGICall(receive)
         try:
-            denial = await guard.pipeline.evaluate(ctx, call)
+            denial = None if guard.started else await guard.ready()
+            if denial is None:
+                denial = await guard.pipeline.evaluate(ctx, call)
         except ClientDisconnected:
             return
         if denial is None:

@@ -137,14 +137,14 @@ class GuardWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         guard = self.guard
-        if not guard.started:
-            self.portal.call(guard.startup())
         pipeline = guard.pipeline
         ctx = context_from_environ(environ)
         call = WSGICall(environ, self.portal)
         response = ResponseInfo()
         try:
-            denial = run_inline(pipeline.evaluate(ctx, call))
+            denial = None if guard.started else self.portal.call(guard.ready())
+            if denial is None:
+                denial = run_inline(pipeline.evaluate(ctx, call))
         except ClientDisconnected:
             response.disconnected = True
             self._finish(ctx, response, call)
