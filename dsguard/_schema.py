@@ -89,7 +89,7 @@ class Loader:
             if not isinstance(raw, dict):
                 raise self.error(path, f"expected a table, got {type(raw).__name__}")
             return dict(raw)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self.section(hint, raw, path)
         if hint is Path:
             if not isinstance(raw, str) or not raw:

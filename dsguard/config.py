@@ -292,7 +292,7 @@ def parse_config(text: str, *, file: str | None = None, base: Path | None = None
         present |= {f"identity.{k}" for k in identity}
     if data.get("rate_limits") == []:
         present.discard("rate_limits")
-    config = loader.section(Config, {**data, "plugins": {}}, ())
+    config: Config = loader.section(Config, {**data, "plugins": {}}, ())
     return dataclasses.replace(config, plugins=plugins, source=file, present=frozenset(present), lines=lines)
 
 

@@ -206,7 +206,7 @@ class RequestContext:
             value = self.headers.get("content-type")
             media_type = None if value is None else value.split(";", 1)[0].strip().lower()
             self._media_type = media_type
-        return media_type
+        return media_type  # type: ignore[no-any-return]
 
     @property
     def json(self) -> Any:

@@ -64,6 +64,7 @@ def load_plugin(plugin: PluginConfig, config: Config) -> Check:
     except Exception as exc:
         raise fail(f"plugin {entry.value} failed to import: {type(exc).__name__}: {exc}") from exc
     try:
+        check: Check
         if _accepts_config(factory):
             check = factory(dict(plugin.options), config=config)
         else:

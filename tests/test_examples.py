@@ -50,3 +50,19 @@ def test_example_rejects_non_json_bodies(example_url: str) -> None:
     response = httpx.post(example_url + "/v1/chat/completions", content=b"model=r1", headers={
         **VIA_PROXY, "content-type": "application/x-www-form-urlencoded"})
     assert response.status_code == 415
+
+
+def test_django_example_is_guarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples" / "django"))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "guarded_site.settings")
+    sys.modules.pop("guarded_site.wsgi", None)
+    from guarded_site.wsgi import application
+
+    with run_werkzeug(application) as url:
+        allowed = httpx.get(url + "/v1/models", headers=VIA_PROXY)
+        refused = httpx.get(url + "/v1/models")
+    assert allowed.json()["client_ip"] == "198.51.100.4"
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "https_required"

@@ -33,7 +33,7 @@ class RouteDenied(HTTPException):
 
 def get_context(connection: HTTPConnection) -> RequestContext:
     """The call's context; 503 (fail closed) if the guard middleware is not installed."""
-    ctx = connection.scope.get("dsguard")
+    ctx: RequestContext | None = connection.scope.get("dsguard")
     if ctx is None:
         raise RouteDenied(CheckFailed("the guard is not installed in front of this route", code="guard_missing"))
     return ctx

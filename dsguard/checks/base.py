@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol, runtime_checkable
 
-from ..config import STAGES, Stage
+from ..config import STAGES
 from ..context import RequestContext
 from ..decision import Denial
 
@@ -27,7 +27,7 @@ Outcome = Denial | None | Awaitable[Denial | None]
 @runtime_checkable
 class Check(Protocol):
     name: str
-    stage: Stage
+    stage: str  # one of dsguard.config.STAGES, checked when the pipeline is built
 
     def check(self, ctx: RequestContext) -> Outcome: ...
 
