@@ -92,7 +92,8 @@ class HygieneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class JWTConfig:
-    algorithms: tuple[str, ...] = doc("Accepted JWS algorithms.", ("EdDSA", "RS256", "ES256"))
+    algorithms: tuple[str, ...] = doc("Accepted JWS algorithms; each key is used only with its own type.",
+                                      ("EdDSA", "RS256", "ES256"))
     issuer: str | None = doc("Required `iss`.", None)
     audience: str | None = doc("Required `aud`.", None)
     jwks_url: str | None = doc("JWKS endpoint of the identity provider.", None)
@@ -101,7 +102,19 @@ class JWTConfig:
     max_ttl: Duration = doc("Longest accepted token lifetime (exp - iat).", 900.0)
     leeway: Duration = doc("Clock skew allowed on exp/nbf/iat.", 5.0)
     required_claims: tuple[str, ...] = doc("Claims every token must carry.", ("exp", "iat", "sub"))
-    roles_claim: str = doc("Claim holding the caller's roles.", "roles")
+    roles_claim: str = doc("Claim holding the caller's roles (a list or a space-separated string).", "roles")
+    scopes_claim: str = doc("Claim holding the granted scopes (RFC 8693 `scope`: space-separated).", "scope")
+    tenant_claim: str | None = doc("Claim naming the caller's tenant.", None)
+    require_typ: str | None = doc('Required JOSE `typ`, e.g. "at+jwt" (RFC 9068).', None)
+    max_token_bytes: Size = doc("Largest accepted token (401 beyond).", 8192)
+    cache_size: int = doc("Verified tokens kept (by digest, until they expire); 0 turns the cache off.", 10000)
+    jwks_ttl: Duration = doc("How long fetched keys are used before they are fetched again.", 300.0)
+    jwks_timeout: Duration = doc("Longest wait for the JWKS endpoint.", 2.0)
+    jwks_refetch_cooldown: Duration = doc("Least time between fetches caused by an unknown `kid`.", 30.0)
+    jwks_stale_grace: Duration = doc("How long known keys stay usable while the endpoint is down.", 3600.0)
+    sender_constraint: Literal["off", "optional", "required"] = doc(
+        "RFC 8705 certificate-bound and RFC 9449 DPoP tokens: off, verified when bound, or required.",
+        "optional")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +122,39 @@ class IntrospectionConfig:
     url: str = doc("RFC 7662 introspection endpoint.")
     client_id: str = doc("Client id used to authenticate to the endpoint.")
     client_secret: Secret = doc("Client secret (env: or file: reference).")
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = doc(
+        "How dsguard authenticates to the endpoint.", "client_secret_basic")
+    timeout: Duration = doc("Longest wait for the endpoint.", 2.0)
+    cache_ttl: Duration = doc("Longest an answer is reused (never past the token's exp).", 60.0)
+    cache_size: int = doc("Answers kept.", 10000)
+
+
+@dataclasses.dataclass(frozen=True)
+class MTLSConfig:
+    subject_from: Literal["san_email", "san_dns", "san_uri", "cn"] = doc(
+        "Which certificate name becomes the identity's subject.", "san_email")
+    forwarded_header: str | None = doc(
+        "Header carrying the client certificate (URL-encoded PEM) from a trusted proxy that terminated TLS.", None)
+    required: bool = doc("Deny calls without a verified client certificate.", False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPoPConfig:
+    max_age: Duration = doc("Oldest accepted proof (`iat`).", 60.0)
+    leeway: Duration = doc("Clock skew allowed on a proof's `iat`.", 5.0)
+    algorithms: tuple[str, ...] = doc("Accepted proof algorithms.", ("EdDSA", "ES256", "RS256", "PS256"))
 
 
 @dataclasses.dataclass(frozen=True)
 class IdentityConfig:
+    anonymous: bool = doc("Let calls without a verified identity through (else 401).", False)
+    public_paths: tuple[str, ...] = doc(
+        'Paths that need no identity: exact ("/healthz") or prefixes ending in "*".', ())
+    revocation: bool = doc("Check every token's `jti` against the revocation list in [storage].", True)
     jwt: JWTConfig | None = doc("Bearer JWT verification.", None)
     introspection: IntrospectionConfig | None = doc("Opaque token introspection.", None)
+    mtls: MTLSConfig | None = doc("Identity from client certificates.", None)
+    dpop: DPoPConfig | None = doc("RFC 9449 DPoP proof settings.", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,8 +268,6 @@ class Config:
 # Sections this version parses but whose feature is not built yet. A security feature that is
 # configured but missing refuses to start in enforce mode (see ``on_unavailable``).
 UNAVAILABLE: dict[str, tuple[str, bool]] = {
-    "identity.jwt": ("JWT verification", True),
-    "identity.introspection": ("token introspection", True),
     "policy": ("Casbin policy", True),
     "rate_limits": ("rate limits and token quotas", True),
     "signatures": ("request signatures", True),
@@ -238,7 +276,6 @@ UNAVAILABLE: dict[str, tuple[str, bool]] = {
     "audit": ("audit log", True),
     "runner": ("ONNX runner", False),
     "telemetry": ("telemetry", False),
-    "storage": ("shared storage", False),
 }
 
 

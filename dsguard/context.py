@@ -90,7 +90,10 @@ class Headers(Mapping[str, str]):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TLSInfo:
-    """What the TLS layer established (from the ASGI TLS extension or the WSGI server)."""
+    """What the TLS layer established (from the ASGI TLS extension or the WSGI server).
+
+    ``client_cert`` is the verified client certificate in DER form (first of ``client_cert_chain``).
+    """
 
     version: str | None = None
     cipher: str | None = None
@@ -110,6 +113,9 @@ class Identity:
     tenant: str | None = None
     claims: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     token_id: str | None = None
+    expires_at: float | None = None
+    confirmation: Mapping[str, Any] | None = None
+    certificate_thumbprint: str | None = None
 
 
 AfterHook = Callable[["RequestContext", "ResponseInfo"], Awaitable[None] | None]

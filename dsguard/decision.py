@@ -61,12 +61,13 @@ class Unauthenticated(Denial):
     code = "unauthenticated"
 
     def __init__(self, message: str, *, code: str | None = None, error: str | None = None,
-                 scheme: str = "Bearer", realm: str = "dsguard",
+                 scheme: str = "Bearer", realm: str = "dsguard", challenge: Iterable[tuple[str, str]] = (),
                  headers: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(message, code=code, headers=headers)
         params = [f"realm={_quote(realm)}"]
         if error:
             params += [f"error={_quote(error)}", f"error_description={_quote(message)}"]
+        params += [f"{name}={_quote(value)}" for name, value in challenge]
         self.headers.insert(0, ("WWW-Authenticate", f"{scheme} {', '.join(params)}"))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .checks.base import Check
 from .checks.hygiene import HygieneCheck, JSONBodyCheck
+from .checks.identity import IdentityRequired
 from .checks.transport import TransportCheck
 from .config import Config, load_config, unavailable_features
 from .context import AfterHook, RequestContext
@@ -17,6 +18,8 @@ from .decision import CheckFailed, Denial
 from .errors import ConfigError
 from .pipeline import Pipeline, shutdown_checks, startup_checks
 from .plugins import load_plugin
+from .services import Services
+from .storage import open_storage
 from .types import RawHeaders
 from .units import NetworkSet
 
@@ -25,7 +28,7 @@ logger = logging.getLogger("dsguard")
 ErrorRenderer = Callable[[RequestContext, Denial], tuple[int, RawHeaders, bytes]]
 
 
-def builtin_checks(config: Config) -> list[Check]:
+def builtin_checks(config: Config, services: Services) -> list[Check]:
     """The built-in checks that ``config`` turns on, in request-path order."""
     checks: list[Check] = []
     if config.transport.enabled:
@@ -33,7 +36,36 @@ def builtin_checks(config: Config) -> list[Check]:
     if config.hygiene.enabled:
         checks.append(HygieneCheck(config.hygiene))
         checks.append(JSONBodyCheck(config.hygiene))
+    identity = config.identity
+    if identity.mtls is not None:
+        from .checks import mtls
+
+        checks += mtls.build(config, services)
+    if identity.jwt is not None:
+        from .checks import jwt
+
+        checks += jwt.build(config, services)
+    if identity.introspection is not None:
+        from .checks import introspection
+
+        checks += introspection.build(config, services)
+    if (identity.jwt is not None or identity.introspection is not None) and (
+            identity.jwt is None or identity.jwt.sender_constraint != "off"):
+        from .checks import sender
+
+        checks += sender.build(config, services)
+    if "identity" in config.present and not identity.anonymous:
+        checks.append(IdentityRequired(identity))
     return checks
+
+
+def open_services(config: Config) -> Services:
+    try:
+        storage = open_storage(config.storage.url)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=config.source, line=config.line_of("storage", "url"),
+                          key="[storage] url") from None
+    return Services(config, storage)
 
 
 def refuse_unavailable(config: Config) -> None:
@@ -53,7 +85,8 @@ class Guard:
                  on_error: ErrorRenderer | None = None) -> None:
         refuse_unavailable(config)
         self.config = config
-        all_checks = builtin_checks(config)
+        self.services = open_services(config)
+        all_checks = builtin_checks(config, self.services)
         all_checks += [load_plugin(p, config) for p in config.plugin_configs if p.enabled]
         all_checks += list(checks)
         self.pipeline = Pipeline(all_checks, mode=config.mode, body_limit=config.hygiene.max_body,
@@ -102,6 +135,7 @@ class Guard:
         if self.started:
             self.started = False
             await shutdown_checks(self.pipeline.checks)
+            await self.services.storage.close()
 
     def render(self, ctx: RequestContext, denial: Denial) -> tuple[int, RawHeaders, bytes]:
         """Status, headers and body of the response refusing ``ctx``."""

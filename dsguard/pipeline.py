@@ -34,7 +34,7 @@ class Pipeline:
 
     def __init__(self, checks: Iterable[Check], *, mode: Mode = "enforce", body_limit: int = 1024 * 1024,
                  check_timeout: float | None = 5.0, after_hooks: Iterable[AfterHook] = ()) -> None:
-        ordered = sorted(checks, key=lambda c: stage_rank(c.stage))
+        ordered = sorted(checks, key=lambda c: (stage_rank(c.stage), getattr(c, "priority", 0)))
         self.checks: tuple[Check, ...] = tuple(ordered)
         self.mode = mode
         self.body_limit = body_limit

@@ -1,8 +1,10 @@
-"""Real servers for tests: uvicorn and werkzeug on free loopback ports, in background threads."""
+"""Real servers for tests: uvicorn, werkzeug and redis-server on free loopback ports."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,3 +67,60 @@ def uvicorn_server() -> Callable[..., Any]:
 @pytest.fixture
 def werkzeug_server() -> Callable[..., Any]:
     return run_werkzeug
+
+
+class RedisServer:
+    """A real ``redis-server`` on a loopback port, no persistence; stopped and started by its pid."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server is not on PATH; install it (apt-get install redis-server) to run these tests",
+                        pytrace=False)
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer PING on 127.0.0.1:{self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait(timeout=10)
+
+    def answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@contextmanager
+def run_redis_server() -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` for one test (or session); killed afterwards."""
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URL of a ``redis-server`` shared by the whole test session (use distinct keys per test)."""
+    with run_redis_server() as server:
+        yield server.url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from ..types import ASGIApp, Message, Receive, Scope, Send
 _TLS_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 
 
+def _der(certificate: str | bytes) -> bytes:
+    if isinstance(certificate, bytes) and not certificate.startswith(b"-----"):
+        return certificate
+    text = certificate.decode("ascii") if isinstance(certificate, bytes) else certificate
+    return ssl.PEM_cert_to_DER_cert(text)
+
+
 def context_from_scope(scope: Scope) -> RequestContext:
     client = scope.get("client")
     headers = scope["headers"]
@@ -28,7 +36,7 @@ def context_from_scope(scope: Scope) -> RequestContext:
     extensions = scope.get("extensions")
     if extensions and "tls" in extensions:
         info = extensions["tls"]
-        chain = tuple(c.encode() if isinstance(c, str) else c for c in info.get("client_cert_chain") or ())
+        chain = tuple(_der(c) for c in info.get("client_cert_chain") or ())
         tls = TLSInfo(version=_TLS_VERSIONS.get(info.get("tls_version")),
                       cipher=str(info["cipher_suite"]) if info.get("cipher_suite") is not None else None,
                       client_cert=chain[0] if chain else None, client_cert_chain=chain)

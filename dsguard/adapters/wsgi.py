@@ -7,6 +7,7 @@ runs inline in the server's thread.
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -42,7 +43,8 @@ def context_from_environ(environ: Environ) -> RequestContext:
     raw_path = uri.split("?", 1)[0].encode("latin-1") if uri else quote(path).encode()
     pem = environ.get("SSL_CLIENT_CERT")
     scheme = environ.get("wsgi.url_scheme", "http")
-    tls = TLSInfo(client_cert=pem.encode(), client_cert_chain=(pem.encode(),)) if pem else None
+    der = ssl.PEM_cert_to_DER_cert(pem) if pem else None
+    tls = TLSInfo(client_cert=der, client_cert_chain=(der,)) if der else None
     protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
     return RequestContext(
         environ.get("REQUEST_METHOD", "GET").upper(), path, raw_path,

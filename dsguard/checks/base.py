@@ -8,6 +8,7 @@ server's loop, under WSGI it runs on dsguard's background loop, so one check ser
 Optional members, looked up once when the pipeline is built:
 
 - ``needs_body: bool`` - the body is read (capped) before this check runs; ``ctx.body`` is set.
+- ``priority: int`` - order within the stage (default 0; lower first, ties keep their order).
 - ``mode: "enforce" | "report" | None`` - per-check override of the global mode.
 - ``async def startup()`` / ``async def shutdown()`` - open and close connections.
 """
