@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import math
@@ -20,6 +18,7 @@ import click
 from . import __version__
 from .config import Config, default_config, load_config, unavailable_features
 from .errors import ConfigError, DSGuardError
+from .tokens.keys import jwk_thumbprint
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -137,7 +136,6 @@ def config_keys() -> None:
 KEY_TYPES = ("ed25519", "ec-p256", "rsa")
 RSA_BITS = (2048, 3072, 4096)
 _ALGORITHMS = {"OKP": ("EdDSA",), "EC": ("ES256",), "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")}
-_THUMBPRINT_MEMBERS = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
 
 
 def _new_private_key(key_type: str, bits: int | None) -> SigningKey:
@@ -169,13 +167,6 @@ def _public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
     if isinstance(key, rsa.RSAPublicKey):
         return dict(RSAAlgorithm.to_jwk(key, as_dict=True))
     raise click.ClickException(f"unsupported key ({type(key).__name__}); expected Ed25519, EC P-256 or RSA")
-
-
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint, base64url without padding."""
-    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
-    canonical = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
 def _read_jwks(path: Path) -> list[dict[str, Any]]:

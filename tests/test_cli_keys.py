@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from dsguard import GuardMiddleware
-from dsguard.cli import jwk_thumbprint, main
+from dsguard.cli import main
 from dsguard.storage.redis import RedisStorage
+from dsguard.tokens.keys import jwk_thumbprint
 from dsguard.tokens.revocation import is_revoked, revocation_key
 
 from .helpers import InProcess, starlette_app

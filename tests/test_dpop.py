@@ -24,7 +24,8 @@ from dsguard.checks import sender
 from dsguard.config import Config, DPoPConfig, parse_config
 from dsguard.services import Services
 from dsguard.storage.memory import MemoryStorage
-from dsguard.tokens.dpop import DPoPError, DPoPVerifier, access_token_hash, jwk_thumbprint, normalize_uri
+from dsguard.tokens.dpop import DPoPError, DPoPVerifier, access_token_hash, normalize_uri
+from dsguard.tokens.keys import jwk_thumbprint
 
 from .conftest import run_uvicorn
 from .helpers import InProcess

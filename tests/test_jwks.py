@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dsguard.tokens.jwks import RemoteJWKS, parse_jwks
+from dsguard.tokens.jwks import RemoteJWKS
+from dsguard.tokens.keys import parse_jwks
 
 from .helpers import config
 from .jwt_keys import (

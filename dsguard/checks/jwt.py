@@ -32,15 +32,14 @@ from ..errors import ConfigError
 from ..services import Services
 from ..storage import Storage, StorageError
 from ..tokens.cache import TokenCache, VerifiedToken, token_digest
-from ..tokens.jwks import (
+from ..tokens.jwks import KeyStore, open_key_store
+from ..tokens.keys import (
     SUPPORTED_ALGORITHMS,
     KeyAlgorithmMismatch,
     KeySourceError,
-    KeyStore,
     KeysUnavailable,
     UnknownKey,
     VerificationKey,
-    open_key_store,
 )
 from ..tokens.revocation import is_revoked
 from .base import Check

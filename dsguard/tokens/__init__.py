@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .cache import TokenCache, VerifiedToken, token_digest
-from .jwks import KeySet, KeyStore, KeysUnavailable, RemoteJWKS, VerificationKey, open_key_store
+from .jwks import KeyStore, RemoteJWKS, open_key_store
+from .keys import KeySet, KeysUnavailable, VerificationKey, jwk_thumbprint
 from .revocation import is_revoked, revoke
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "VerificationKey",
     "VerifiedToken",
     "is_revoked",
+    "jwk_thumbprint",
     "open_key_store",
     "revoke",
     "token_digest",

@@ -11,10 +11,8 @@ Every failure is a :class:`DPoPError` with a stable ``code``; messages never quo
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -25,12 +23,12 @@ from urllib.parse import urlsplit
 import jwt
 
 from ..config import DPoPConfig
+from .keys import b64url, jwk_thumbprint
 
 MAX_PROOF_CHARS = 4096  # an RSA-4096 proof is about 2 KiB
 MAX_JTI_CHARS = 256
 PROOF_TYPES = frozenset({"dpop+jwt", "application/dpop+jwt"})
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -54,22 +52,9 @@ class DPoPProof:
     issued_at: float
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def access_token_hash(access_token: str) -> str:
     """The ``ath`` of RFC 9449: base64url SHA-256 of the token (ASCII), without padding."""
-    return _b64url(hashlib.sha256(access_token.encode("utf-8")).digest())
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint of a public JWK; raises ``ValueError`` for an unknown ``kty``."""
-    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
-    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
-        raise ValueError("the key lacks the members of its type")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    return b64url(hashlib.sha256(access_token.encode("utf-8")).digest())
 
 
 def _normalize_percent(match: re.Match[str]) -> str:
