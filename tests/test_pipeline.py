@@ -218,3 +218,31 @@ def test_a_check_that_fails_to_start_refuses_wsgi_calls_too() -> None:
         first = httpx.get(url)
         second = httpx.get(url)
     assert (first.status_code, second.status_code) == (503, 200)
+
+
+def test_an_async_check_that_never_suspends_is_answered_inline() -> None:
+    class InMemory:
+        name = "in-memory"
+        stage = "content"
+
+        async def check(self, ctx: RequestContext) -> Denial | None:
+            return Forbidden("listed", code="listed") if "x-listed" in ctx.headers else None
+
+    http = InProcess(GuardMiddleware(starlette_app(), config=config(), checks=[InMemory()]))
+    assert http.get("/whoami").status_code == 200
+    assert http.get("/whoami", headers={"x-listed": "1"}).json()["error"]["code"] == "listed"
+
+
+def test_an_async_check_that_suspends_several_times_returns_its_result() -> None:
+    class Chatty:
+        name = "chatty"
+        stage = "content"
+
+        async def check(self, ctx: RequestContext) -> Denial | None:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
+            return Forbidden("after a while", code="slow_no")
+
+    http = InProcess(GuardMiddleware(starlette_app(), config=config(), checks=[Chatty()]))
+    assert http.get("/whoami").json()["error"]["code"] == "slow_no"

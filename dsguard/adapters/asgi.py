@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Iterable
+import types
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,24 @@ from ..guard import ErrorRenderer, Guard
 from ..types import ASGIApp, Message, Receive, Scope, Send
 
 _TLS_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+
+
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Any, Any]:
+    """Carry on driving a coroutine that suspended on ``pending`` (the awaiting task drives us)."""
+    while True:
+        try:
+            sent = yield pending
+        except BaseException as exc:  # cancellation or timeout: hand it to the coroutine
+            try:
+                pending = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                pending = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def _der(certificate: str | bytes) -> bytes:
@@ -82,6 +101,14 @@ class ASGICall:
     async def wait(self, awaitable: Awaitable[Any], timeout: float | None) -> Any:
         if timeout is None:
             return await awaitable
+        if isinstance(awaitable, Coroutine):
+            # Most checks finish without suspending (in-memory state): only a suspended one needs a timer.
+            try:
+                pending = awaitable.send(None)
+            except StopIteration as done:
+                return done.value
+            async with asyncio.timeout(timeout):
+                return await _resume(awaitable, pending)
         async with asyncio.timeout(timeout):
             return await awaitable
 
