@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
@@ -58,18 +59,32 @@ PACKAGES = ("dsguard", "starlette", "uvicorn", "httptools", "uvloop", "pyjwt", "
 POLICY_DIR = Path(__file__).resolve().parent / "peer_policy"
 JWT_KEY = "benchmark-only-hs256-key-0123456789abcdef"
 AUDIENCE = "deepseek-api"
-DSGUARD_TOML = """\
+JWT_KEY_ENV = "DSGUARD_BENCH_JWT_KEY"
+os.environ.setdefault(JWT_KEY_ENV, JWT_KEY)  # the served stacks, in subprocesses, read it too
+TRANSPORT_TOML = """\
 [server]
 trusted_proxies = ["127.0.0.1/32"]
 [transport]
 require_https = true
+"""
+HYGIENE_TOML = """\
 [hygiene]
 max_body = "1MiB"
 """
+IDENTITY_TOML = f"""\
+[identity.jwt]
+algorithms = ["HS256"]
+secret = "env:{JWT_KEY_ENV}"
+issuer = "https://idp.example.com"
+audience = "{AUDIENCE}"
+sender_constraint = "off"
+"""
+DSGUARD_TOML = TRANSPORT_TOML + HYGIENE_TOML + IDENTITY_TOML
 # dsguard with its checks turned on one section at a time (--breakdown)
 BREAKDOWN = {
     "dsguard, no checks": "[transport]\nenabled = false\n[hygiene]\nenabled = false\n",
-    "dsguard, transport": DSGUARD_TOML.replace("[hygiene]\n", "[hygiene]\nenabled = false\n"),
+    "dsguard, transport": TRANSPORT_TOML + "[hygiene]\nenabled = false\n",
+    "dsguard, + hygiene": TRANSPORT_TOML + HYGIENE_TOML,
 }
 CHAT_BODY = {
     "model": "deepseek-chat",
@@ -84,7 +99,8 @@ CHAT_BODY = {
 
 def bench_request() -> BenchRequest:
     now = int(time.time())
-    claims = {"sub": "alice", "aud": AUDIENCE, "iss": "https://idp.example.com", "iat": now, "exp": now + 3600}
+    claims = {"sub": "alice", "aud": AUDIENCE, "iss": "https://idp.example.com", "iat": now, "exp": now + 900,
+              "jti": f"bench-{now}"}
     token = jwt.encode(claims, JWT_KEY, algorithm="HS256")
     return BenchRequest(
         method="POST",
@@ -171,7 +187,8 @@ def build_stack(name: str) -> ASGIApp:
 def sanity(apps: dict[str, ASGIApp], request: BenchRequest) -> bool:
     cases = [(name, "benchmark request", request, 200) for name in apps]
     cases += [("peer", "no Authorization", request.without_header("authorization"), 401),
-              ("dsguard", "no X-Forwarded-Proto", request.without_header("x-forwarded-proto"), 403)]
+              ("dsguard", "no X-Forwarded-Proto", request.without_header("x-forwarded-proto"), 403),
+              ("dsguard", "no Authorization", request.without_header("authorization"), 401)]
     ok = True
     width = max(map(len, apps))
     for name, label, req, expected in cases:
