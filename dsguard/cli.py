@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from .cli_policy import policy_group
 from .config import Config, default_config, load_config, unavailable_features
 from .errors import ConfigError, DSGuardError
 from .tokens.keys import jwk_thumbprint
@@ -365,6 +366,12 @@ def token_revoke(config_path: Path, jti: str, until: str) -> None:
     except ValueError as exc:
         raise click.ClickException(f"{config_path}: [storage] url: {exc}") from None
     click.echo(f"revoked {jti} until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))}", err=True)
+
+
+from .cli_sign import sign  # noqa: E402
+
+main.add_command(sign)
+main.add_command(policy_group)
 
 
 if __name__ == "__main__":

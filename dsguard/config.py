@@ -157,11 +157,35 @@ class IdentityConfig:
     dpop: DPoPConfig | None = doc("RFC 9449 DPoP proof settings.", None)
 
 
+def _llm_actions(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(path, str) and path.startswith("/") and isinstance(action, str) and action
+            for path, action in value.items()):
+        raise ValueError('expected a table of paths and actions, like { "/v1/chat/completions" = "chat" }')
+    return dict(value)
+
+
+LLMActions = Annotated[dict[str, str], Parse(_llm_actions)]
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
     model: Path = doc("Casbin model file.")
     policy: Path = doc("Casbin policy file.")
-    reload: bool = doc("Reload when the files change.", True)
+    mode: ModeOverride = doc('"report" to log instead of deny for this check only.', None)
+    reload: bool = doc("Reload when the files change; a broken change keeps the last good policy.", True)
+    reload_interval: Duration = doc("How often the files are checked for changes (a change is loaded once "
+                                    "it has stood still for one interval).", 1.0)
+    redis_channel: str = doc("Redis pub/sub channel announcing reloads to the other replicas, used when "
+                             "[storage] url is redis:// and reload is on.", "dsguard:policy")
+    engine: Literal["auto", "casbin"] = doc(
+        '"auto": compiled evaluation (casbin\'s decisions, indexed), casbin\'s Enforcer for models it does '
+        'not support; "casbin": always casbin\'s Enforcer.', "auto")
+    anonymous_subject: str = doc("Subject of calls let through without an identity.", "anonymous")
+    actions: LLMActions = doc(
+        "LLM routes and their action; a call to one whose JSON body names a `model` is decided on "
+        "model:<name> with that action, any other call on its path and method.",
+        factory=lambda: {"/v1/chat/completions": "chat", "/v1/completions": "complete", "/v1/embeddings": "embed"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,17 +198,36 @@ class StorageConfig:
 @dataclasses.dataclass(frozen=True)
 class RateLimitConfig:
     key: str = doc('What is counted: "ip", "subject", "tenant", "route", "model" or "claim:NAME".')
-    limit: Rate | None = doc('Requests allowed, e.g. "10/second;600/minute".', None)
-    burst: int = doc("Extra requests allowed in a burst.", 0)
-    tokens: Rate | None = doc('LLM tokens allowed, e.g. "200000/day".', None)
-    cost: int = doc("Units one request costs.", 1)
+    limit: Rate | None = doc(
+        'Requests allowed, e.g. "10/second;600/minute"; every window must have room for a call to pass.', None)
+    burst: int = doc("Extra requests that may arrive at once on top of each window's limit: a fresh key "
+                     "takes limit + burst at once, then limit per window (a token bucket refilled evenly).", 0)
+    tokens: Rate | None = doc('LLM tokens allowed, e.g. "200000/day": prompt estimate + max_tokens are reserved '
+                              "before the call and settled with the usage the app reports.", None)
+    cost: int = doc("Requests one call counts for.", 1)
+    default_max_tokens: int = doc("Completion tokens reserved for a call whose body sets no max_tokens.", 4096)
+    name: str | None = doc('Policy name in RateLimit headers and storage keys (letters, digits, "_.-"); '
+                           'default: from `key` ("ip", "subject", "claim-org").', None)
 
 
 @dataclasses.dataclass(frozen=True)
 class SignaturesConfig:
-    required: bool = doc("Deny unsigned requests.", True)
-    keys: Path | None = doc("Client key directory (JSON, by keyid).", None)
-    max_age: Duration = doc("Oldest accepted signature.", 300.0)
+    mode: ModeOverride = doc('"report" to log instead of deny for this check only.', None)
+    required: bool = doc("Deny unsigned requests (a present but invalid signature is denied either way).", True)
+    keys: Path | None = doc(
+        "Client key directory (JSON, by keyid): public JWKs or PEMs, HMAC secrets as env:/file: references, "
+        "each with its algorithm and an optional subject binding.", None)
+    max_age: Duration = doc("Oldest accepted signature (`created`); nonces are remembered this long plus "
+                            "twice the clock skew.", 300.0)
+    clock_skew: Duration = doc("Clock difference allowed on `created` and `expires`.", 5.0)
+    components: tuple[str, ...] = doc("Components every signature must cover (RFC 9421 section 2).",
+                                      ("@method", "@target-uri", "content-digest"))
+    algorithms: tuple[str, ...] = doc(
+        "Accepted algorithms; a key is used only with the one its directory entry names.",
+        ("ed25519", "ecdsa-p256-sha256", "rsa-pss-sha512", "hmac-sha256"))
+    nonce_required: bool = doc("Deny signatures without a `nonce` (without one, the signature itself is "
+                               "remembered against replay).", False)
+    tag: str | None = doc("Verify only the signature with this `tag` (an application id among several).", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,9 +311,6 @@ class Config:
 # Sections this version parses but whose feature is not built yet. A security feature that is
 # configured but missing refuses to start in enforce mode (see ``on_unavailable``).
 UNAVAILABLE: dict[str, tuple[str, bool]] = {
-    "policy": ("Casbin policy", True),
-    "rate_limits": ("rate limits and token quotas", True),
-    "signatures": ("request signatures", True),
     "waf": ("WAF", True),
     "prompt_guard": ("prompt guard", True),
     "audit": ("audit log", True),

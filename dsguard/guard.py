@@ -56,6 +56,18 @@ def builtin_checks(config: Config, services: Services) -> list[Check]:
         checks += sender.build(config, services)
     if "identity" in config.present and not identity.anonymous:
         checks.append(IdentityRequired(identity))
+    if config.signatures is not None:
+        from .checks import signature
+
+        checks += signature.build(config, services)
+    if config.policy is not None:
+        from .checks import policy
+
+        checks += policy.build(config, services)
+    if config.rate_limits:
+        from .checks import ratelimit
+
+        checks += ratelimit.build(config, services)
     return checks
 
 

@@ -52,10 +52,10 @@ def test_config_check_reports_unavailable_security_features_of_the_sample() -> N
 
 def test_serve_refuses_a_config_with_an_unavailable_security_feature(tmp_path: Path) -> None:
     path = tmp_path / "dsguard.toml"
-    path.write_text("[signatures]\nrequired = true\n")
+    path.write_text("[waf]\nparanoia = 1\n")
     result = run("serve", "--config", str(path), "--port", str(free_port()))
     assert result.returncode == 1
-    assert "[signatures]: request signatures is configured but not available" in result.stderr
+    assert "[waf]: WAF is configured but not available" in result.stderr
     assert "Traceback" not in result.stderr
 
 

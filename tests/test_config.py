@@ -113,8 +113,8 @@ def test_unavailable_feature_can_be_accepted_explicitly(caplog: pytest.LogCaptur
 
 
 def test_unavailable_feature_only_warns_in_report_mode(caplog: pytest.LogCaptureFixture) -> None:
-    Guard(parse_config('mode = "report"\n[policy]\nmodel = "m.conf"\npolicy = "p.csv"\n'))
-    assert "Casbin policy is configured but not available" in caplog.text
+    Guard(parse_config('mode = "report"\n[waf]\nparanoia = 1\n'))
+    assert "WAF is configured but not available" in caplog.text
 
 
 def test_defaults_without_any_file_require_https(monkeypatch: pytest.MonkeyPatch) -> None:

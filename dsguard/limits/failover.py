@@ -1,0 +1,65 @@
+"""What the limits do while the shared store cannot answer (``[storage] on_error``).
+
+``fail-closed``: the failure propagates (the check refuses the call with 503). ``local-fallback``:
+the call is decided by per-process in-memory buckets instead, counted in :attr:`fallbacks` and
+logged once per outage. Either way, after a failure the store is left alone for ``cooldown``
+seconds, so that an outage costs each call at most one bounded wait and most calls none; the
+next call after that tries the store again, which is how the limits reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from . import Bucket, Limiter, StorageError, Verdict
+
+logger = logging.getLogger("dsguard.limits")
+
+COOLDOWN = 1.0
+
+
+class FailoverLimiter:
+    """A shared limiter, with an optional local one for when it is down."""
+
+    def __init__(self, primary: Limiter, fallback: Limiter | None = None, *, cooldown: float = COOLDOWN,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.cooldown = cooldown
+        self.fallbacks = 0
+        self._clock = clock
+        self._down_until = 0.0
+        self._down = False
+
+    async def acquire(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> tuple[Verdict, Limiter]:
+        """The verdict, and the limiter that gave it (refunds go back to that one)."""
+        if not self._down or self._clock() >= self._down_until:
+            try:
+                verdict = await self.primary.acquire(buckets, costs)
+            except StorageError as exc:
+                self._failed(exc)
+            else:
+                if self._down:
+                    self._down = False
+                    logger.warning("rate limit storage answers again; limits are shared again")
+                return verdict, self.primary
+        if self.fallback is None:
+            raise StorageError("rate limit storage is unavailable")
+        self.fallbacks += 1
+        return await self.fallback.acquire(buckets, costs), self.fallback
+
+    def _failed(self, exc: StorageError) -> None:
+        self._down_until = self._clock() + self.cooldown
+        if not self._down:
+            self._down = True
+            action = "limiting per process" if self.fallback is not None else "refusing calls"
+            logger.warning("rate limit storage failed (%s); %s until it answers again", exc, action)
+
+    async def close(self) -> None:
+        try:
+            await self.primary.close()
+        finally:
+            if self.fallback is not None:
+                await self.fallback.close()
