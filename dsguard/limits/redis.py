@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from ..storage.redis import PREFIX, _location, _split_timeout
+from ..storage.redis import PREFIX, redacted_location, split_timeout
 from . import Bucket, BucketState, StorageError, Verdict
 from .lua import ACQUIRE, ADJUST
 
@@ -37,8 +37,8 @@ class RedisLimiter:
     prefix = PREFIX + "rl:"
 
     def __init__(self, url: str) -> None:
-        self._url, self.timeout = _split_timeout(url)
-        self.location = _location(url)
+        self._url, self.timeout = split_timeout(url)
+        self.location = redacted_location(url)
         try:
             self._client = self._new_client()
         except (ValueError, TypeError) as exc:

@@ -29,7 +29,7 @@ PREFIX = "dsguard:"
 DEFAULT_TIMEOUT = 0.5
 
 
-def _split_timeout(url: str) -> tuple[str, float]:
+def split_timeout(url: str) -> tuple[str, float]:
     """``url`` without its ``timeout`` query parameter, and that timeout in seconds."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -46,7 +46,7 @@ def _split_timeout(url: str) -> tuple[str, float]:
     return urlunsplit(parts._replace(query=rest)), timeout
 
 
-def _location(url: str) -> str:
+def redacted_location(url: str) -> str:
     """Where the storage points, without credentials (safe for messages and logs)."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
@@ -62,8 +62,8 @@ class RedisStorage:
     """Keys under ``dsguard:`` in one Redis database, with their expiry kept by Redis."""
 
     def __init__(self, url: str) -> None:
-        self._url, self.timeout = _split_timeout(url)
-        self.location = _location(url)
+        self._url, self.timeout = split_timeout(url)
+        self.location = redacted_location(url)
         try:
             self._client = self._new_client()
         except (ValueError, TypeError) as exc:
