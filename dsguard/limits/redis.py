@@ -14,13 +14,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from ..storage.redis import PREFIX, redacted_location, split_timeout
+from ..storage.redis import PREFIX, RedisConnection
 from . import Bucket, BucketState, StorageError, Verdict
 from .lua import ACQUIRE, ADJUST
 
@@ -37,30 +33,13 @@ class RedisLimiter:
     prefix = PREFIX + "rl:"
 
     def __init__(self, url: str) -> None:
-        self._url, self.timeout = split_timeout(url)
-        self.location = redacted_location(url)
-        try:
-            self._client = self._new_client()
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"invalid Redis URL {self.location}: {exc}") from None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connection = RedisConnection(url)
+        self.location = self.connection.location
+        self.timeout = self.connection.timeout
         self._shas = {ACQUIRE: _sha1(ACQUIRE), ADJUST: _sha1(ADJUST)}
 
-    def _new_client(self) -> Redis:
-        return Redis.from_url(self._url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-                              retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                              retry_on_timeout=False)
-
-    def _redis(self) -> Redis:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            if self._loop is not None:
-                self._client = self._new_client()
-            self._loop = loop
-        return self._client
-
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        client = self._redis()
+        client = self.connection.client()
         sha = self._shas[script]
         try:
             async with asyncio.timeout(self.timeout):
@@ -89,13 +68,7 @@ class RedisLimiter:
         await self._run(ADJUST, [self.prefix + b.key for b in buckets], args)
 
     async def close(self) -> None:
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._client, self._loop = self._new_client(), None
-            return
-        try:
-            await self._client.aclose()
-        except (RedisError, OSError) as exc:
-            raise StorageError(f"redis at {self.location} did not close cleanly: {exc}") from None
+        await self.connection.close()
 
     def __repr__(self) -> str:
         return f"RedisLimiter({self.location!r})"

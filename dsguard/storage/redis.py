@@ -58,8 +58,12 @@ def _milliseconds(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
-class RedisStorage:
-    """Keys under ``dsguard:`` in one Redis database, with their expiry kept by Redis."""
+class RedisConnection:
+    """One ``redis.asyncio`` client per event loop, with bounded timeouts.
+
+    A client's pool belongs to the loop that used it first; a guard driven from another loop (a
+    WSGI portal, a fresh ``asyncio.run``) gets a fresh client instead of a closed loop's pool.
+    """
 
     def __init__(self, url: str) -> None:
         self._url, self.timeout = split_timeout(url)
@@ -77,13 +81,35 @@ class RedisStorage:
                               retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                               retry_on_timeout=False)
 
-    def _redis(self) -> Redis:
+    def client(self) -> Redis:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             if self._loop is not None:
                 self._client = self._new_client()
             self._loop = loop
         return self._client
+
+    async def close(self) -> None:
+        """Close the pool; raises :class:`StorageError` if it does not close cleanly."""
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._client, self._loop = self._new_client(), None  # the old pool's loop cannot close it now
+            return
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"redis at {self.location} did not close cleanly: {exc}") from None
+
+
+class RedisStorage:
+    """Keys under ``dsguard:`` in one Redis database, with their expiry kept by Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = RedisConnection(url)
+        self.location = self.connection.location
+        self.timeout = self.connection.timeout
+
+    def _redis(self) -> Redis:
+        return self.connection.client()
 
     def _failure(self, exc: Exception) -> StorageError:
         return StorageError(f"redis at {self.location} did not answer: {type(exc).__name__}: {exc}")
@@ -109,13 +135,7 @@ class RedisStorage:
         return bool(found)
 
     async def close(self) -> None:
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._client, self._loop = self._new_client(), None  # the old pool's loop cannot close it now
-            return
-        try:
-            await self._client.aclose()
-        except (RedisError, OSError) as exc:
-            raise self._failure(exc) from None
+        await self.connection.close()
 
     def __repr__(self) -> str:
         return f"RedisStorage({self.location!r})"
