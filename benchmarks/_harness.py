@@ -5,6 +5,7 @@ Everything here targets 127.0.0.1 only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import cProfile
 import dataclasses
@@ -306,3 +307,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value

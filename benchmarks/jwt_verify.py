@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from _harness import environment, median, table
+from _harness import environment, median, positive_int, table
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
@@ -194,17 +194,11 @@ def report(results: dict[str, dict[str, list[float]]]) -> str:
                   "miss vs pyjwt", "hit vs pyjwt", "pyjwt / hit"), rows)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--number", type=_positive, default=2_000, help="calls per repeat and path")
-    p.add_argument("--repeats", type=_positive, default=5, help="repeats (the median is reported)")
+    p.add_argument("--number", type=positive_int, default=2_000, help="calls per repeat and path")
+    p.add_argument("--repeats", type=positive_int, default=5, help="repeats (the median is reported)")
     p.add_argument("--warmup", type=int, default=200, help="warm-up calls per path")
     p.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     return p.parse_args()

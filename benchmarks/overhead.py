@@ -34,6 +34,7 @@ from _harness import (
     free_port,
     http_status,
     median,
+    positive_int,
     profile_in_process,
     run_wrk,
     serve,
@@ -257,21 +258,15 @@ def run_server(name: str, port: int, http: str) -> None:
                 proxy_headers=False, log_level="warning", access_log=False)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=_positive, default=20_000, help="in-process requests per repeat")
-    p.add_argument("--repeats", type=_positive, default=5, help="in-process repeats (the median is reported)")
+    p.add_argument("--iterations", type=positive_int, default=20_000, help="in-process requests per repeat")
+    p.add_argument("--repeats", type=positive_int, default=5, help="in-process repeats (the median is reported)")
     p.add_argument("--warmup", type=int, default=2_000, help="in-process warm-up requests per stack")
-    p.add_argument("--duration", type=_positive, default=10, help="seconds of wrk load per stack and round")
+    p.add_argument("--duration", type=positive_int, default=10, help="seconds of wrk load per stack and round")
     p.add_argument("--warmup-served", type=int, default=2, help="seconds of wrk warm-up per server (0: none)")
-    p.add_argument("--rounds", type=_positive, default=1, help="served rounds (the median is reported)")
+    p.add_argument("--rounds", type=positive_int, default=1, help="served rounds (the median is reported)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (one wrk thread)")
     p.add_argument("--http", nargs="+", choices=("h11", "httptools"), default=["h11", "httptools"],
                    help="uvicorn HTTP parser(s); each is measured in turn")

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import casbin
-from _harness import environment, table
+from _harness import environment, positive_int, table
 
 from dsguard.policy import Policy, load_policy
 
@@ -181,18 +181,12 @@ def run(size: int, effect: str, args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=_positive, nargs="+", default=[10_000, 100_000], help="p rules per policy")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[10_000, 100_000], help="p rules per policy")
     p.add_argument("--effects", nargs="+", choices=sorted(EFFECTS), default=sorted(EFFECTS))
-    p.add_argument("--calls", type=_positive, default=20_000, help="most timed calls per engine and request")
+    p.add_argument("--calls", type=positive_int, default=20_000, help="most timed calls per engine and request")
     p.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per fast engine and request")
     p.add_argument("--casbin-budget", type=float, default=6.0,
                    help="seconds of timed calls per slow casbin engine and request (at least 5 calls)")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import uvicorn
-from _harness import BenchRequest, WrkResult, environment, free_port, median, run_wrk, serve, table
+from _harness import BenchRequest, WrkResult, environment, free_port, median, positive_int, run_wrk, serve, table
 from limits import parse
 from limits.aio.storage import MemoryStorage as LimitsMemoryStorage
 from limits.aio.storage import RedisStorage as LimitsRedisStorage
@@ -208,11 +208,11 @@ def served(redis_url: str, args: argparse.Namespace) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=5_000, help="in-process calls per repeat")
-    p.add_argument("--repeats", type=int, default=5, help="in-process repeats (the median is reported)")
-    p.add_argument("--duration", type=int, default=5, help="seconds of wrk load per setup and round")
+    p.add_argument("--iterations", type=positive_int, default=5_000, help="in-process calls per repeat")
+    p.add_argument("--repeats", type=positive_int, default=5, help="in-process repeats (the median is reported)")
+    p.add_argument("--duration", type=positive_int, default=5, help="seconds of wrk load per setup and round")
     p.add_argument("--warmup-served", type=int, default=1, help="seconds of wrk warm-up per setup (0: none)")
-    p.add_argument("--rounds", type=int, default=1, help="served rounds (the median is reported)")
+    p.add_argument("--rounds", type=positive_int, default=1, help="served rounds (the median is reported)")
     p.add_argument("--connections", type=int, default=8, help="wrk connections per replica (one wrk thread)")
     p.add_argument("--wrk", default="wrk", help="wrk executable")
     p.add_argument("--skip-served", action="store_true", help="only the in-process measurement")
