@@ -34,9 +34,10 @@ import httpx
 
 from ..config import Config, IntrospectionConfig
 from ..context import Identity, RequestContext
-from ..decision import BadRequest, Denial, Overloaded, Unauthenticated
+from ..decision import Denial, Overloaded, Unauthenticated
 from ..services import Services
 from ..storage import Storage, StorageError
+from ..tokens.authorization import access_token, credentials_problem, looks_like_jwt
 from ..tokens.cache import token_digest
 from ..tokens.revocation import is_revoked
 from .base import Check
@@ -47,19 +48,7 @@ MAX_TOKEN_BYTES = 8192
 MAX_ANSWER_BYTES = 64 * 1024
 OUTAGE_BACKOFF = 1.0
 MAX_OUTAGE_BACKOFF = 30.0
-_SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_JWS_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-def looks_like_jwt(token: str) -> bool:
-    """The shape the JWT check claims for itself (compact JWS); it leaves every other token here."""
-    return _JWS_COMPACT.fullmatch(token) is not None
-
-
-def _invalid_request(message: str, code: str) -> BadRequest:
-    challenge = Unauthenticated(message, error="invalid_request").headers
-    return BadRequest(message, code=code, headers=challenge)
 
 
 class EndpointUnavailable(Exception):
@@ -177,20 +166,15 @@ class IntrospectionCheck:
     def check(self, ctx: RequestContext) -> Denial | Awaitable[Denial | None] | None:
         if ctx.identity is not None and ctx.identity.method != "mtls":
             return None
-        authorization = ctx.headers.get("authorization")
-        if authorization is None:
+        found = access_token(ctx)
+        if found is None:
             return None
-        scheme_name, _, token = authorization.partition(" ")
-        scheme = _SCHEMES.get(scheme_name.lower())
-        if scheme is None:
-            return None
-        token = token.strip(" ")
+        scheme, token = found
         if self.defer_jwts and looks_like_jwt(token):
             return None
-        if b"authorization" in ctx.headers.repeated:
-            return _invalid_request("the Authorization header is repeated", "repeated_authorization")
-        if not token:
-            return _invalid_request(f"the {scheme} credentials are missing", "malformed_authorization")
+        problem = credentials_problem(ctx, scheme, token)
+        if problem is not None:
+            return problem
         if len(token) > MAX_TOKEN_BYTES:
             return self._deny(scheme, "token_too_large", f"the token is larger than {MAX_TOKEN_BYTES} bytes")
         if not _B64TOKEN.fullmatch(token):

@@ -17,7 +17,6 @@ import binascii
 import json
 import logging
 import math
-import re
 import time
 import types
 from collections.abc import Awaitable, Mapping
@@ -27,10 +26,11 @@ import jwt
 
 from ..config import Config, JWTConfig
 from ..context import Identity, RequestContext
-from ..decision import BadRequest, Denial, Overloaded, Unauthenticated
+from ..decision import Denial, Overloaded, Unauthenticated
 from ..errors import ConfigError
 from ..services import Services
 from ..storage import Storage, StorageError
+from ..tokens.authorization import access_token, credentials_problem, looks_like_jwt
 from ..tokens.cache import TokenCache, VerifiedToken, token_digest
 from ..tokens.jwks import KeyStore, open_key_store
 from ..tokens.keys import (
@@ -46,8 +46,6 @@ from .base import Check
 
 logger = logging.getLogger("dsguard.jwt")
 
-SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
-_JWS_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _NUMERIC_DATES = ("exp", "nbf", "iat")
 
 # pyjwt's exceptions, most specific first, as (code, message) of the 401 they become.
@@ -110,11 +108,6 @@ def _names(value: object) -> frozenset[str]:
     return frozenset()
 
 
-def _invalid_request(message: str, code: str) -> BadRequest:
-    challenge = Unauthenticated(message, error="invalid_request").headers
-    return BadRequest(message, code=code, headers=challenge)
-
-
 class JWTCheck:
     name = "jwt"
     stage = "identity"
@@ -143,18 +136,13 @@ class JWTCheck:
         await self.keys.startup()
 
     def check(self, ctx: RequestContext) -> Denial | Awaitable[Denial | None] | None:
-        authorization = ctx.headers.get("authorization")
-        if authorization is None:
+        found = access_token(ctx)
+        if found is None:
             return None
-        scheme_name, _, token = authorization.partition(" ")
-        scheme = SCHEMES.get(scheme_name.lower())
-        if scheme is None:
-            return None
-        if b"authorization" in ctx.headers.repeated:
-            return _invalid_request("the Authorization header is repeated", "repeated_authorization")
-        token = token.strip(" ")
-        if not token:
-            return _invalid_request(f"the {scheme} credentials are missing", "malformed_authorization")
+        scheme, token = found
+        problem = credentials_problem(ctx, scheme, token)
+        if problem is not None:
+            return problem
         ctx.attributes["auth_scheme"] = scheme
         ctx.attributes["access_token"] = token
         if len(token) > self.max_token_bytes:
@@ -166,7 +154,7 @@ class JWTCheck:
             entry = cache.get(digest)
             if entry is not None and self.keys.holds(entry.key_fingerprint):
                 return self._admit(ctx, entry.identity, scheme)
-        if not _JWS_COMPACT.fullmatch(token):
+        if not looks_like_jwt(token):
             if self.opaque_tokens_elsewhere:
                 return None
             return self._deny(scheme, "malformed_token", "the token is not a well-formed JWT")
