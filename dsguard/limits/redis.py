@@ -14,9 +14,9 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
-from ..storage.redis import PREFIX, RedisConnection
+from ..storage.redis import FAILURES, PREFIX, RedisConnection
 from . import Bucket, BucketState, StorageError, Verdict
 from .lua import ACQUIRE, ADJUST
 
@@ -48,7 +48,7 @@ class RedisLimiter:
                 except NoScriptError:
                     await client.script_load(script)
                     return await client.evalsha(sha, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*FAILURES, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             raise StorageError(f"redis at {self.location} did not answer: {reason}") from None
 

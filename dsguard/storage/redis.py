@@ -58,6 +58,11 @@ def _milliseconds(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+# What a Redis call can fail with: the client's errors, socket errors, and the RuntimeError
+# asyncio raises when the server closes the connection under a call in flight.
+FAILURES = (RedisError, OSError, RuntimeError)
+
+
 class RedisConnection:
     """One ``redis.asyncio`` client per event loop, with bounded timeouts.
 
@@ -96,7 +101,7 @@ class RedisConnection:
             return
         try:
             await self._client.aclose()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise StorageError(f"redis at {self.location} did not close cleanly: {exc}") from None
 
 
@@ -117,20 +122,20 @@ class RedisStorage:
     async def add(self, key: str, ttl: float) -> bool:
         try:
             created = await self._redis().set(PREFIX + key, b"1", nx=True, px=_milliseconds(ttl))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from None
         return bool(created)
 
     async def put(self, key: str, ttl: float) -> None:
         try:
             await self._redis().set(PREFIX + key, b"1", px=_milliseconds(ttl))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from None
 
     async def contains(self, key: str) -> bool:
         try:
             found = await self._redis().exists(PREFIX + key)
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failure(exc) from None
         return bool(found)
 
