@@ -46,30 +46,49 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="dsguard.toml; without it, the embedded default demo on 127.0.0.1:8000.")
+              help="dsguard.toml; without it, the embedded default: the runner on the bundled tiny model, "
+                   "example policies, on 127.0.0.1:8000.")
 @click.option("--host", help="Override [server] host.")
 @click.option("--port", type=int, help="Override [server] port.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(config_path: Path | None, host: str | None, port: int | None, log_level: str) -> None:
-    """Serve the API behind the guard (TLS 1.3 when a certificate is configured)."""
+    """Serve the runner's OpenAI-compatible API behind the guard (TLS 1.3 when a certificate is configured).
+
+    A configuration without [runner] serves the demo app that shows what the guard verified.
+    """
     from .adapters.asgi import GuardMiddleware
-    from .demo import create_app
     from .guard import Guard
-    from .server import build_server
+    from .server import build_server, embedded_default_path, open_runner
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = _load(config_path)
+    with embedded_default_path() as default_path:
+        config = _load(config_path or default_path)
+    runner = None
     try:
         guard = Guard(config)
-        server = build_server(GuardMiddleware(create_app(), config=guard), config, host=host, port=port,
+        if config.runner is not None:
+            runner = open_runner(config.runner)
+            app = runner.app
+        else:
+            from .demo import create_app
+
+            app = create_app()
+        server = build_server(GuardMiddleware(app, config=guard), config, host=host, port=port,
                               log_level=log_level)
     except DSGuardError as exc:
+        if runner is not None:
+            runner.close()
         raise click.ClickException(str(exc)) from None
     scheme = "https" if config.server.tls_cert else "http"
-    click.echo(f"dsguard {__version__}: {config.source or 'embedded default'} -> "
-               f"{scheme}://{server.config.host}:{server.config.port}", err=True)
-    server.run()
+    served = f", {runner.summary}" if runner is not None else ""
+    click.echo(f"dsguard {__version__}: {config_path or 'embedded default'} -> "
+               f"{scheme}://{server.config.host}:{server.config.port}{served}", err=True)
+    try:
+        server.run()
+    finally:
+        if runner is not None:
+            runner.close()
     if not server.started:
         sys.exit(1)
 
@@ -368,10 +387,12 @@ def token_revoke(config_path: Path, jti: str, until: str) -> None:
     click.echo(f"revoked {jti} until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))}", err=True)
 
 
+from .cli_model import model_group  # noqa: E402
 from .cli_sign import sign  # noqa: E402
 
 main.add_command(sign)
 main.add_command(policy_group)
+main.add_command(model_group)
 
 
 if __name__ == "__main__":

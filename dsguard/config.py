@@ -232,13 +232,111 @@ class SignaturesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WAFConfig:
-    paranoia: Literal[1, 2, 3, 4] = doc("CRS paranoia level.", 1)
-    max_body: Size = doc("Largest body the WAF inspects.", 1024 * 1024)
+    @dataclasses.dataclass(frozen=True)
+    class Exclusion:
+        """``[[waf.exclusions]]``: rules or inspected variables turned off for a path prefix."""
+
+        path_prefix: str = doc('Requests whose path starts with this ("/v1/tools/").')
+        rules: tuple[str, ...] = doc(
+            'Rule ids ("942100") or families ("sqli", "xss", "lfi", "rce", "php") not applied there; '
+            "empty: every rule.", ())
+        targets: tuple[str, ...] = doc(
+            'Variables not inspected there, SecLang style: "ARGS:callback", "ARGS_NAMES", '
+            '"REQUEST_HEADERS:referer", "REQUEST_COOKIES:session", "REQUEST_FILENAME"; empty: every variable.', ())
+
+    mode: ModeOverride = doc('"report" to log matches (and record them) instead of blocking, for this check only.',
+                             None)
+    paranoia: Literal[1, 2, 3, 4] = doc(
+        "CRS paranoia level: 1 blocks what ordinary traffic never contains; 2 adds broader rules (more "
+        "detection, more false positives); 3 and 4 apply to loaded CRS rules.", 1)
+    anomaly_threshold: int = doc(
+        "Inbound anomaly score that blocks a request (CRS default 5: one critical rule; warnings score 3, "
+        "notices 2).", 5)
+    max_body: Size = doc("Largest body the WAF inspects; a larger one is refused (413 waf_body_too_large).",
+                         1024 * 1024)
+    crs_path: str | None = doc(
+        'OWASP CRS rules directory (its REQUEST-9*.conf files are loaded through dsguard\'s SecLang subset, '
+        'skipped rules counted in the log); "auto" uses Debian\'s /usr/share/modsecurity-crs/rules when '
+        "installed; unset: dsguard's built-in rules.", None)
+    exclusions: tuple[Exclusion, ...] = doc("Per-route exclusions ([[waf.exclusions]] tables).", ())
+    inspect_headers: bool = doc(
+        "Inspect request header values (User-Agent, Referer, custom headers; protocol-structured ones such "
+        "as Authorization and Accept-Encoding are skipped by the built-in rules).", True)
+    inspect_json: bool = doc(
+        "Inspect JSON body fields (never chat message contents or prompt: those belong to [prompt_guard]).",
+        True)
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptGuardConfig:
-    action: Literal["block", "flag", "redact"] = doc("What to do with a detected prompt attack or PII.", "block")
+    action: Literal["block", "flag", "redact"] = doc(
+        "What to do with a detected prompt attack or PII: block (403), flag (recorded in "
+        'ctx.attributes["prompt_guard"], the call passes) or redact (PII replaced in the body the app receives; '
+        "a prompt attack cannot be redacted and is blocked).", "block")
+    mode: ModeOverride = doc('"report" to log instead of deny (and never rewrite a body) for this check only.',
+                             None)
+    injection_action: Literal["block", "flag", "off"] | None = doc(
+        "Action for prompt injection and jailbreaks, overriding `action`; \"off\" skips their detection.", None)
+    injection_threshold: float = doc(
+        "Heuristic score at which a message counts as an attack (one strong sign weighs 1.0, weak signs less).", 1.0)
+    injection_trusted_roles: tuple[str, ...] = doc(
+        "Message roles written by the application, not scanned for injection (every other role is).",
+        ("system", "developer"))
+    pii_action: Literal["block", "flag", "redact", "off"] | None = doc(
+        "Action for personal data and secrets in prompts, overriding `action`; \"off\" skips their detection.",
+        None)
+    pii_categories: tuple[str, ...] = doc(
+        "PII and secret kinds detected: email, phone, card, iban, us_ssn, uk_nino, cn_resident_id, "
+        "aws_access_key, github_token, slack_token, api_key, private_key, jwt, secret (all by default).", ())
+    redact_responses: bool = doc(
+        "Redact the same PII kinds in the app's responses to LLM calls: OpenAI JSON and SSE streams "
+        "(held back by `response_window` so a secret split across chunks is caught whole).", False)
+    response_window: int = doc(
+        "Characters of streamed text held back before release (at least 64; a word still being "
+        "streamed is always held).", 128)
+    classifier: Path | None = doc(
+        "Directory of an ONNX text classifier (model.onnx, tokenizer.json, optional config.json with "
+        "id2label) run on the scanned messages in addition to the heuristics.", None)
+    classifier_label: str = doc("The classifier's label (id2label name, or index) meaning injection.", "INJECTION")
+    classifier_threshold: float = doc("Probability of that label at which a prompt counts as an attack.", 0.9)
+    classifier_max_tokens: int = doc("Tokens the classifier reads of each text's start (and of its end).", 512)
+    max_scan_chars: int = doc(
+        "Most characters of prompt text scanned per request; of a longer prompt the start and the end "
+        "are scanned (half each).", 131072)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalyConfig:
+    action: Literal["flag", "throttle", "block"] = doc(
+        'What to do with a caller whose behaviour is anomalous: "flag" (the app sees request.state.dsguard.'
+        'attributes["anomaly"]), "throttle" (429 anomaly_throttled beyond throttle_rate) or "block" '
+        "(403 anomaly_blocked).", "flag")
+    mode: ModeOverride = doc('"report" to log instead of deny for this check only.', None)
+    threshold: float = doc("Score at or above which a caller is anomalous: the root of the summed squares of its "
+                           "features' one-sided deviations, each counted in spreads of the baseline.", 8.0)
+    window: Duration = doc("Sliding window the behaviour features are counted over.", 600.0)
+    slots: int = doc("Steps the window slides by; also the least time (window / slots) between two baseline "
+                     "updates learned from one caller.", 10)
+    warmup: int = doc("Observations the population baseline (and each of its features) must have learned before "
+                      "any caller is scored: until then nothing is flagged, throttled or blocked.", 500)
+    identity_warmup: int = doc("Observations of one caller before its own baseline is consulted too (a feature "
+                               "then deviates only as far as it deviates from both).", 50)
+    min_requests: int = doc("Calls a caller must make within the window before it is scored.", 5)
+    population_span: int = doc("Observations the population baseline averages over (EWMA span).", 5000)
+    identity_span: int = doc("Observations a caller's own baseline averages over (EWMA span).", 200)
+    hold: Duration = doc("How long a caller stays flagged, throttled or blocked after its last anomalous score.",
+                         300.0)
+    throttle_rate: Rate = doc('Calls an anomalous caller may still make under action "throttle".', "6/minute")
+    features: tuple[str, ...] = doc(
+        "Features scored (empty: all): rate, denial_ratio, tokens, max_tokens, prompt_length, routes, models, "
+        "ips, time_of_day, regularity (see dsguard.anomaly.features).", ())
+    model: Path | None = doc("IsolationForest exported to ONNX by dsguard.anomaly.model.train: when set, its score "
+                             "decides and the baselines give the reasons.", None)
+    model_threshold: float | None = doc("Model score at or above which a caller is anomalous; default: the "
+                                        "threshold stored in the model when it was trained.", None)
+    max_keys: int = doc("Callers kept in memory (memory:// storage and the local fallback); the least recently "
+                        "seen are forgotten first.", 100_000)
+    retention: Duration = doc("How long an idle caller's state and own baseline are kept in Redis.", 7 * 86400.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,15 +350,100 @@ class RunnerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class E2EConfig:
+    """``[e2e]``: request and response bodies encrypted end to end between a client and the runner.
+
+    HPKE (RFC 9180) to the server's X25519 key; see :mod:`dsguard.checks.e2e` and
+    :mod:`dsguard.crypto.e2e_client` for the client side.
+    """
+
+    private_key: Secret = doc(
+        "X25519 private key: `file:PATH` (PKCS#8 PEM, or base64 of the 32 raw bytes) or `env:NAME` (base64 of the "
+        "32 raw bytes). Its public half is published at `key_path`.")
+    retired_keys: tuple[Secret, ...] = doc(
+        "Earlier private keys, still accepted (not published) while clients move to the new one.", ())
+    required: bool = doc("Refuse plaintext calls to `paths` (400 `e2e_required`); false accepts both there.", True)
+    paths: tuple[str, ...] = doc(
+        'Paths whose calls must be encrypted when `required` ("/v1/*" covers the prefix); an encrypted call is '
+        "opened on any path.", ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))
+    max_age: Duration = doc("Oldest accepted request timestamp; each request's encapsulated key is remembered "
+                            "in [storage] this long (plus twice `clock_skew`) against replay.", 300.0)
+    clock_skew: Duration = doc("Clock difference allowed between client and server.", 5.0)
+    key_path: str = doc("Path where the guard answers the public key document, before any check.",
+                        "/.well-known/dsguard-e2e")
+
+
+@dataclasses.dataclass(frozen=True)
 class AuditConfig:
-    path: Path = doc("Audit log (JSON lines, hash-chained).")
-    signing_key: Secret | None = doc("Key signing the checkpoints.", None)
+    """``[audit]``: every decision appended to a hash-chained JSON-lines log (see :mod:`dsguard.audit`)."""
+
+    path: Path = doc("Audit log (JSON lines, hash-chained); rotated files sit beside it as "
+                     "<name>.<first seq>.jsonl.")
+    signing_key: str | None = doc(
+        'Key URL signing the checkpoints (Ed25519 or P-256): "file:keys/audit.pem" (relative to this file), '
+        '"env:NAME" or "pkcs11:token=...;object=..." (the key stays in the HSM); unset, checkpoints are unsigned.',
+        None)
+    checkpoint_every: int = doc("Records between two signed checkpoints (each anchors the chain head).", 1000)
+    checkpoint_interval: Duration = doc(
+        "Longest time records stay after the last checkpoint before the next one is written.", 60.0)
+    rotate_size: Size = doc("Size at which the log is rotated (the chain continues in the new file); 0: never.",
+                            100 * 1024 * 1024)
+    rotate_interval: Duration = doc("Age at which the log is rotated; 0: never.", 86400.0)
+    fsync: Literal["always", "interval", "never"] = doc(
+        '"always": records are synced to disk as each batch is written; "interval": every fsync_interval; '
+        '"never": left to the operating system (a process crash loses nothing written, a power loss may).',
+        "always")
+    fsync_interval: Duration = doc('Time between syncs under fsync = "interval".', 1.0)
+    queue_size: int = doc("Records waiting for the writer thread before on_full applies.", 10000)
+    on_full: Literal["block", "drop"] = doc(
+        '"block": a record waits up to full_wait for room (after its response is sent: the call is not '
+        'delayed), then is dropped; "drop": dropped at once. Drops are counted in dsguard.audit.drops.', "block")
+    full_wait: Duration = doc('Longest a record waits for room under on_full = "block".', 1.0)
+    log_prompts: bool = doc(
+        "Write prompt fields (messages, prompt, input ...) into the log; off, only their SHA-256 and length.",
+        False)
 
 
 @dataclasses.dataclass(frozen=True)
 class TelemetryConfig:
-    prometheus: bool = doc("Expose a Prometheus scrape endpoint.", True)
-    otlp_endpoint: str = doc("OTLP collector; empty for none.", "")
+    """``[telemetry]``: metrics, traces, health endpoints and the Server-Timing header (see :mod:`dsguard.telemetry`).
+
+    The metrics, health and readiness paths are answered by the guard itself, before any check:
+    they are never passed to the app, never need credentials (but ``metrics_token``) and never
+    count against rate limits.
+    """
+
+    prometheus: bool = doc("Expose a Prometheus scrape endpoint at `metrics_path`.", True)
+    metrics_path: str = doc("Path of the Prometheus scrape endpoint.", "/metrics")
+    metrics_token: Secret | None = doc(
+        "Bearer token a scraper must send (Prometheus `authorization.credentials_file`); unset, the endpoint "
+        "answers whoever reaches it, so keep its path off public listeners (the nginx example refuses it).", None)
+    otlp_endpoint: str = doc(
+        'OTLP/HTTP collector, e.g. "http://otel-collector:4318" (spans go to /v1/traces, metrics to /v1/metrics); '
+        "empty for none. Needs opentelemetry-exporter-otlp-proto-http; headers come from "
+        "OTEL_EXPORTER_OTLP_HEADERS.", "")
+    otlp_interval: Duration = doc("How often metrics are pushed to the OTLP collector.", 15.0)
+    service_name: str = doc("`service.name` of every metric and span.", "dsguard")
+    traces: bool = doc("One span per call with a child span per check, sent to the OTLP collector and to span "
+                       "processors added with `guard.telemetry.add_span_processor`.", True)
+    trace_sample_ratio: float = doc("Fraction of calls traced, from 0 to 1.", 1.0)
+    routes: tuple[str, ...] = doc(
+        'Paths named as themselves in the `route` attribute of metrics and spans ("/v1/models/*" names every path '
+        'under the prefix); any other path is named "other", so callers cannot multiply the series.',
+        ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/*"))
+    server_timing: bool = doc(
+        "Add `Server-Timing: dsguard;dur=<ms>`, the time spent in the checks, to allowed and denied responses.", True)
+    health_path: str = doc('Liveness endpoint: 200 {"status": "ok"} while the process serves; empty for none.',
+                           "/healthz")
+    ready_path: str = doc(
+        'Readiness endpoint: 200 {"status": "ok"} when the checks have started, the storage answers, the policy is '
+        'loaded and every registered probe (the runner\'s model) passes, else 503 {"status": "unavailable"}; '
+        "empty for none.", "/readyz")
+    ready_timeout: Duration = doc("Longest the readiness probes may take together before the answer is 503.", 1.0)
+    global_providers: bool = doc(
+        "Also make the meter and tracer providers OpenTelemetry's global ones (unless the process already has "
+        "SDK providers), so instruments made through the OpenTelemetry API, the runner's and the app's, are "
+        "exported too.", True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +475,9 @@ class Config:
     signatures: SignaturesConfig | None = doc("RFC 9421 request signatures.", None)
     waf: WAFConfig | None = doc("Web application firewall.", None)
     prompt_guard: PromptGuardConfig | None = doc("Prompt-injection and PII guard.", None)
+    anomaly: AnomalyConfig | None = doc("Per-identity behaviour anomaly scoring.", None)
     runner: RunnerConfig | None = doc("Local ONNX model runner.", None)
+    e2e: E2EConfig | None = doc("End-to-end encryption of request and response bodies.", None)
     audit: AuditConfig | None = doc("Tamper-evident audit log.", None)
     telemetry: TelemetryConfig | None = doc("Metrics and traces.", None)
     plugins: dict[str, PluginConfig] = doc("Third-party checks by entry point name.", factory=dict)
@@ -311,11 +496,7 @@ class Config:
 # Sections this version parses but whose feature is not built yet. A security feature that is
 # configured but missing refuses to start in enforce mode (see ``on_unavailable``).
 UNAVAILABLE: dict[str, tuple[str, bool]] = {
-    "waf": ("WAF", True),
-    "prompt_guard": ("prompt guard", True),
     "audit": ("audit log", True),
-    "runner": ("ONNX runner", False),
-    "telemetry": ("telemetry", False),
 }
 
 
@@ -387,5 +568,6 @@ def load_config(path: str | Path) -> Config:
 
 def default_config() -> Config:
     """The embedded default: loopback demo, example policies, in-memory storage."""
-    text = resources.files("dsguard.defaults").joinpath("dsguard.toml").read_text(encoding="utf-8")
-    return parse_config(text, file="<embedded default>")
+    files = resources.files("dsguard.defaults")
+    text = files.joinpath("dsguard.toml").read_text(encoding="utf-8")
+    return parse_config(text, file="<embedded default>", base=Path(str(files)))

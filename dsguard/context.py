@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from .types import RawHeaders
 
@@ -121,6 +121,35 @@ class Identity:
 AfterHook = Callable[["RequestContext", "ResponseInfo"], Awaitable[None] | None]
 
 
+class ResponseFilter(Protocol):
+    """Rewrites the app's response body as it streams: ``feed`` each chunk, ``finish`` at the end.
+
+    Either may hold bytes back and return them later; what they return is what the client gets.
+    """
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class _FilterChain:
+    __slots__ = ("filters",)
+
+    def __init__(self, filters: list[ResponseFilter]) -> None:
+        self.filters = filters
+
+    def feed(self, data: bytes) -> bytes:
+        for stage in self.filters:
+            data = stage.feed(data)
+        return data
+
+    def finish(self) -> bytes:
+        data = b""
+        for stage in self.filters:
+            data = stage.feed(data) + stage.finish()
+        return data
+
+
 @dataclasses.dataclass(slots=True)
 class ResponseInfo:
     """What the guard saw of the response, handed to after-hooks (token accounting, audit)."""
@@ -141,7 +170,8 @@ class RequestContext:
     """
 
     __slots__ = (
-        "_after", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body", "body_limit",
+        "_after", "_filters", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body", "body_limit",
+        "body_replacement",
         "client_ip", "denials_reported", "headers", "http_version", "identity", "method", "path", "peer",
         "query_string", "raw_path", "response_headers", "route_denial", "scheme", "timings", "tls",
     )
@@ -161,6 +191,7 @@ class RequestContext:
         self.tls = tls
         self.body: bytes | None = None
         self.body_limit: int | None = None
+        self.body_replacement: bytes | None = None
         self.identity: Identity | None = None
         self.attributes: dict[str, Any] = {}
         self.response_headers: RawHeaders = []
@@ -168,6 +199,7 @@ class RequestContext:
         self.timings: list[tuple[str, int]] = []
         self.denials_reported: list[Any] = []
         self._after: list[AfterHook] | None = None
+        self._filters: list[ResponseFilter] | None = None
         self._json: Any = _UNSET
         self._has_body: bool | None = None
         self._media_type: Any = _UNSET
@@ -232,6 +264,24 @@ class RequestContext:
     @property
     def after_hooks(self) -> list[AfterHook]:
         return self._after or []
+
+    def replace_body(self, data: bytes) -> None:
+        """Forward ``data`` to the app instead of the body received (``ctx.body`` keeps the original)."""
+        self.body_replacement = data
+
+    def filter_response(self, response_filter: ResponseFilter) -> None:
+        """Pass the app's response body through ``response_filter`` (after those registered before)."""
+        if self._filters is None:
+            self._filters = []
+        self._filters.append(response_filter)
+
+    @property
+    def response_filter(self) -> ResponseFilter | None:
+        """The registered response filters as one, or ``None``."""
+        filters = self._filters
+        if not filters:
+            return None
+        return filters[0] if len(filters) == 1 else _FilterChain(filters)
 
     def add_response_header(self, name: str, value: str) -> None:
         """A header for the app's response (and for denials), e.g. HSTS or RateLimit."""

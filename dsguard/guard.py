@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checks.base import Check
 from .checks.hygiene import HygieneCheck, JSONBodyCheck
@@ -20,10 +21,18 @@ from .pipeline import Pipeline, shutdown_checks, startup_checks
 from .plugins import load_plugin
 from .services import Services
 from .storage import open_storage
+from .telemetry import open_telemetry
 from .types import RawHeaders
 from .units import NetworkSet
 
+if TYPE_CHECKING:
+    from .telemetry.endpoints import Endpoint
+    from .telemetry.observer import Telemetry
+
 logger = logging.getLogger("dsguard")
+
+DENIAL_CODE = "denial.code"
+"""``ctx.attributes`` key: the code of the denial the call was answered with."""
 
 ErrorRenderer = Callable[[RequestContext, Denial], tuple[int, RawHeaders, bytes]]
 
@@ -35,6 +44,11 @@ def builtin_checks(config: Config, services: Services) -> list[Check]:
         checks.append(TransportCheck(config.transport, NetworkSet(config.server.trusted_proxies)))
     if config.hygiene.enabled:
         checks.append(HygieneCheck(config.hygiene))
+    if config.e2e is not None:
+        from .checks import e2e
+
+        checks += e2e.build(config, services)
+    if config.hygiene.enabled:
         checks.append(JSONBodyCheck(config.hygiene))
     identity = config.identity
     if identity.mtls is not None:
@@ -68,6 +82,18 @@ def builtin_checks(config: Config, services: Services) -> list[Check]:
         from .checks import ratelimit
 
         checks += ratelimit.build(config, services)
+    if config.waf is not None:
+        from .checks import waf
+
+        checks += waf.build(config, services)
+    if config.prompt_guard is not None:
+        from .checks import prompt
+
+        checks += prompt.build(config, services)
+    if config.anomaly is not None:
+        from .checks import anomaly
+
+        checks += anomaly.build(config, services)
     return checks
 
 
@@ -77,7 +103,7 @@ def open_services(config: Config) -> Services:
     except ValueError as exc:
         raise ConfigError(str(exc), file=config.source, line=config.line_of("storage", "url"),
                           key="[storage] url") from None
-    return Services(config, storage)
+    return Services(config, storage, telemetry=open_telemetry(config))
 
 
 def refuse_unavailable(config: Config) -> None:
@@ -98,11 +124,21 @@ class Guard:
         refuse_unavailable(config)
         self.config = config
         self.services = open_services(config)
+        self.services.readiness.register("checks", self._checks_started)
         all_checks = builtin_checks(config, self.services)
         all_checks += [load_plugin(p, config) for p in config.plugin_configs if p.enabled]
         all_checks += list(checks)
-        self.pipeline = Pipeline(all_checks, mode=config.mode, body_limit=config.hygiene.max_body,
-                                 check_timeout=config.pipeline.check_timeout, after_hooks=after_hooks)
+        self.telemetry: Telemetry | None = None
+        if self.services.telemetry is not None:
+            from .telemetry.observer import Telemetry
+
+            self.telemetry = Telemetry(config, self.services.telemetry, self.services, all_checks)
+        make_pipeline: Callable[..., Pipeline] = Pipeline if self.telemetry is None else self.telemetry.pipeline
+        self.pipeline = make_pipeline(all_checks, mode=config.mode, body_limit=config.hygiene.max_body,
+                                      check_timeout=config.pipeline.check_timeout, after_hooks=after_hooks)
+        self.endpoints: dict[str, Endpoint] = {} if self.telemetry is None else dict(self.telemetry.endpoints)
+        for check in all_checks:
+            self.endpoints.update(getattr(check, "endpoints", None) or {})
         self.request_id_header = config.pipeline.request_id_header.lower().encode("latin-1")
         self.on_error = on_error
         self.started = False
@@ -143,14 +179,20 @@ class Guard:
             return CheckFailed("the guard is starting; try again", code="guard_unavailable")
         return None
 
+    async def _checks_started(self) -> bool:
+        return await self.ready() is None
+
     async def shutdown(self) -> None:
         if self.started:
             self.started = False
             await shutdown_checks(self.pipeline.checks)
             await self.services.storage.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     def render(self, ctx: RequestContext, denial: Denial) -> tuple[int, RawHeaders, bytes]:
         """Status, headers and body of the response refusing ``ctx``."""
+        ctx.attributes[DENIAL_CODE] = denial.code
         if self.on_error is not None:
             try:
                 return self.on_error(ctx, denial)

@@ -1,16 +1,27 @@
-"""`dsguard serve`: uvicorn with TLS 1.3 minimum, optional mTLS, and the ASGI TLS extension."""
+"""`dsguard serve`: uvicorn with TLS 1.3 minimum, optional mTLS, and the ASGI TLS extension; the runner it serves."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
-from typing import Any
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Config
+from .config import Config, RunnerConfig
 from .errors import ConfigError
 from .types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from .runner.engine import Engine
+
+logger = logging.getLogger("dsguard.runner")
 
 _TLS_CODES = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -92,3 +103,39 @@ def build_server(app: ASGIApp, config: Config, *, host: str | None = None, port:
         options["http"] = TLSInfoProtocol
         options["ssl_context_factory"] = lambda _config, _default: context
     return uvicorn.Server(uvicorn.Config(app, **options))
+
+
+@contextlib.contextmanager
+def embedded_default_path() -> Iterator[Path]:
+    """The packaged ``dsguard.toml`` as a file, so that its relative policy paths resolve beside it."""
+    with resources.as_file(resources.files("dsguard.defaults").joinpath("dsguard.toml")) as path:
+        yield path
+
+
+class LoadedRunner:
+    """The engine of ``[runner]``, loaded, and the OpenAI-compatible app serving it."""
+
+    def __init__(self, engine: Engine, app: ASGIApp, seconds: float) -> None:
+        self.engine = engine
+        self.app = app
+        self.seconds = seconds
+
+    @property
+    def summary(self) -> str:
+        return f"model {self.engine.model_id} on {self.engine.provider}, loaded in {self.seconds:.2f} s"
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def open_runner(config: RunnerConfig) -> LoadedRunner:
+    """Load the model of ``[runner]`` (before the server accepts a call) and build its API, which closes the
+    engine when the server shuts down."""
+    from .runner.api import create_app
+    from .runner.engine import Engine
+
+    started = time.perf_counter()
+    engine = Engine.open(config)
+    seconds = time.perf_counter() - started
+    logger.info("runner: %s (%s) on %s loaded in %.2f s", engine.model_id, config.dtype, engine.provider, seconds)
+    return LoadedRunner(engine, create_app(engine, owns_engine=True), seconds)

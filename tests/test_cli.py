@@ -46,16 +46,15 @@ def test_config_check_names_key_and_line_of_an_error(tmp_path: Path) -> None:
 def test_config_check_reports_unavailable_security_features_of_the_sample() -> None:
     result = run("config", "check", str(SAMPLE))
     assert result.returncode == 1
-    assert f"{SAMPLE}:41: error: [waf] WAF is not available in this version" in result.stderr
-    assert "warning: [runner]" in result.stderr
+    assert f"{SAMPLE}:52: error: [audit] audit log is not available in this version" in result.stderr
 
 
 def test_serve_refuses_a_config_with_an_unavailable_security_feature(tmp_path: Path) -> None:
     path = tmp_path / "dsguard.toml"
-    path.write_text("[waf]\nparanoia = 1\n")
+    path.write_text('[audit]\npath = "audit.jsonl"\n')
     result = run("serve", "--config", str(path), "--port", str(free_port()))
     assert result.returncode == 1
-    assert "[waf]: WAF is configured but not available" in result.stderr
+    assert "[audit]: audit log is configured but not available" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -93,12 +92,12 @@ def socket_to(port: int) -> Iterator[None]:
 
 def test_serve_without_config_runs_the_embedded_default_behind_the_guard() -> None:
     with serve() as url:
-        index = httpx.get(url + "/")
-        echo = httpx.post(url + "/v1/echo", json={"hello": "world"})
-        trace = httpx.request("TRACE", url + "/")
-    assert index.json()["guarded"] is True
-    assert echo.json()["echo"] == {"hello": "world"}
+        models = httpx.get(url + "/v1/models")
+        trace = httpx.request("TRACE", url + "/v1/models")
+        outside_policy = httpx.get(url + "/admin")
+    assert [model["id"] for model in models.json()["data"]] == ["tiny-deepseek"]
     assert trace.status_code == 405 and trace.json()["error"]["code"] == "method_not_allowed"
+    assert outside_policy.status_code == 403 and outside_policy.json()["error"]["code"] == "policy_denied"
 
 
 @pytest.fixture(scope="module")

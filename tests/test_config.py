@@ -101,20 +101,20 @@ def test_embedded_default_is_loopback_demo_with_memory_storage() -> None:
 
 
 def test_unavailable_security_feature_refuses_to_start_in_enforce_mode() -> None:
-    config = parse_config('[waf]\nparanoia = 1\n', file="dsguard.toml")
-    with pytest.raises(ConfigError, match=r"dsguard.toml:1: \[waf\]: WAF is configured but not available"):
+    config = parse_config('[audit]\npath = "audit.jsonl"\n', file="dsguard.toml")
+    with pytest.raises(ConfigError, match=r"dsguard.toml:1: \[audit\]: audit log is configured but not available"):
         Guard(config)
 
 
 def test_unavailable_feature_can_be_accepted_explicitly(caplog: pytest.LogCaptureFixture) -> None:
-    config = parse_config('on_unavailable = "warn"\n[waf]\nparanoia = 1\n', file="dsguard.toml")
+    config = parse_config('on_unavailable = "warn"\n[audit]\npath = "audit.jsonl"\n', file="dsguard.toml")
     Guard(config)
-    assert "WAF is configured but not available" in caplog.text
+    assert "audit log is configured but not available" in caplog.text
 
 
 def test_unavailable_feature_only_warns_in_report_mode(caplog: pytest.LogCaptureFixture) -> None:
-    Guard(parse_config('mode = "report"\n[waf]\nparanoia = 1\n'))
-    assert "WAF is configured but not available" in caplog.text
+    Guard(parse_config('mode = "report"\n[audit]\npath = "audit.jsonl"\n'))
+    assert "audit log is configured but not available" in caplog.text
 
 
 def test_defaults_without_any_file_require_https(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from ..context import AfterHook, RequestContext, ResponseInfo, TLSInfo
 from ..decision import Denial, PayloadTooLarge
 from ..errors import ClientDisconnected
 from ..guard import ErrorRenderer, Guard
+from ..telemetry.endpoints import send_asgi
 from ..types import ASGIApp, Message, Receive, Scope, Send
 
 _TLS_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
@@ -112,12 +113,14 @@ class ASGICall:
         async with asyncio.timeout(timeout):
             return await awaitable
 
-    def app_receive(self) -> Receive:
-        """What the app reads: the buffered body (or, in report mode, the part read) then the socket."""
-        if self.body is None and not self._prefix:
+    def app_receive(self, replacement: bytes | None = None) -> Receive:
+        """What the app reads: the buffered body (or its replacement, or in report mode the part read),
+        then the socket."""
+        body = self.body if replacement is None else replacement
+        if body is None and not self._prefix:
             return self.receive
-        pending = [self.body] if self.body is not None else [b"".join(self._prefix)]
-        more = self.body is None
+        pending = [body] if body is not None else [b"".join(self._prefix)]
+        more = body is None
         upstream = self.receive
 
         async def receive() -> Message:
@@ -138,6 +141,11 @@ def _expose(scope: Scope, ctx: RequestContext) -> None:
     scope["dsguard"] = ctx
 
 
+def _with_content_length(headers: Iterable[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+    return [*kept, (b"content-length", str(length).encode())]
+
+
 class GuardMiddleware:
     """``app.add_middleware(GuardMiddleware, config="dsguard.toml")``.
 
@@ -154,10 +162,14 @@ class GuardMiddleware:
                  on_error: ErrorRenderer | None = None) -> None:
         self.app = app
         self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
+        self.endpoints = self.guard.endpoints or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self.endpoints is not None and scope["path"] in self.endpoints:
+                await send_asgi(self.endpoints[scope["path"]], scope, send)
+                return
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
@@ -187,7 +199,10 @@ class GuardMiddleware:
                 await pipeline.finish(ctx, response, call)
             return
         _expose(scope, ctx)
+        if ctx.body_replacement is not None:
+            scope["headers"] = _with_content_length(scope["headers"], len(ctx.body_replacement))
         request_id = (guard.request_id_header, ctx.request_id.encode())
+        response_filter = ctx.response_filter
 
         async def guarded_send(message: Message) -> None:
             kind = message["type"]
@@ -197,17 +212,28 @@ class GuardMiddleware:
                     await self._deny(ctx, ctx.route_denial, send, response)
                     return
                 response.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *ctx.response_headers, request_id]
+                headers = message.get("headers", ())
+                if response_filter is not None:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                message["headers"] = [*headers, *ctx.response_headers, request_id]
             elif kind == "http.response.body":
                 if response.denied_by is not None:
                     return
+                more = message.get("more_body", False)
+                if response_filter is not None:
+                    body = response_filter.feed(message.get("body", b""))
+                    if not more:
+                        body += response_filter.finish()
+                    elif not body:
+                        return
+                    message = {**message, "body": body}
                 response.bytes_sent += len(message.get("body", b""))
-                if not message.get("more_body", False):
+                if not more:
                     response.complete = True
             await send(message)
 
         try:
-            await self.app(scope, call.app_receive(), guarded_send)
+            await self.app(scope, call.app_receive(ctx.body_replacement), guarded_send)
         finally:
             if pipeline.has_after_hooks(ctx):
                 await pipeline.finish(ctx, response, call)

@@ -17,10 +17,11 @@ from urllib.parse import quote
 from .._portal import Portal, run_inline
 from ..checks.base import Check
 from ..config import Config
-from ..context import AfterHook, RequestContext, ResponseInfo, TLSInfo
+from ..context import AfterHook, RequestContext, ResponseFilter, ResponseInfo, TLSInfo
 from ..decision import Denial, PayloadTooLarge
 from ..errors import ClientDisconnected
 from ..guard import ErrorRenderer, Guard
+from ..telemetry.endpoints import Endpoint
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -114,11 +115,13 @@ class WSGICall:
     async def wait(self, awaitable: Awaitable[Any], timeout: float | None) -> Any:
         return self.portal.call(awaitable, timeout)
 
-    def restore_input(self) -> None:
+    def restore_input(self, replacement: bytes | None = None) -> None:
         environ = self.environ
-        if self.body is not None:
-            environ["wsgi.input"] = io.BytesIO(self.body)
-            environ["CONTENT_LENGTH"] = str(len(self.body))
+        body = self.body if replacement is None else replacement
+        if body is not None:
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
         elif self._prefix:
             environ["wsgi.input"] = io.BufferedReader(_Prefixed(self._prefix, environ["wsgi.input"]))
 
@@ -136,8 +139,13 @@ class GuardWSGIMiddleware:
         self.app = app
         self.guard = Guard.build(config, checks=checks, after_hooks=after_hooks, on_error=on_error)
         self.portal = Portal()
+        self.endpoints = self.guard.endpoints or None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if self.endpoints is not None:
+            endpoint = self.endpoints.get(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+            if endpoint is not None:
+                return self._answer(endpoint, environ, start_response)
         guard = self.guard
         pipeline = guard.pipeline
         ctx = context_from_environ(environ)
@@ -153,22 +161,33 @@ class GuardWSGIMiddleware:
             return []
         if denial is not None:
             return self._deny(ctx, denial, start_response, response, call)
-        call.restore_input()
+        call.restore_input(ctx.body_replacement)
         environ["dsguard.context"] = ctx
         environ["dsguard.identity"] = ctx.identity
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ctx.response_headers]
         extra.append((guard.config.pipeline.request_id_header, ctx.request_id))
+        response_filter = ctx.response_filter
 
         def guarded_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             response.status = int(status[:3])
-            return start_response(status, [*headers, *extra], exc_info)
+            if response_filter is None:
+                return start_response(status, [*headers, *extra], exc_info)
+            kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            write = start_response(status, [*kept, *extra], exc_info)
+            return lambda data: write(response_filter.feed(data))
 
         try:
             result = self.app(environ, guarded_start_response)
         except BaseException:
             self._finish(ctx, response, call)
             raise
-        return _Closing(result, lambda: self._finish(ctx, response, call), response)
+        return _Closing(result, lambda: self._finish(ctx, response, call), response, response_filter)
+
+    def _answer(self, endpoint: Endpoint, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        status, headers, body = self.portal.call(endpoint(method, environ.get("HTTP_AUTHORIZATION")))
+        start_response(_status_line(status), _str_headers(headers))
+        return [body]
 
     def close(self) -> None:
         """Shut the checks down (closing their connections) and stop the background loop."""
@@ -195,15 +214,27 @@ class GuardWSGIMiddleware:
 class _Closing:
     """The app's response iterable; runs the after-hooks when the server closes it."""
 
-    def __init__(self, result: Iterable[bytes], on_close: Callable[[], None], response: ResponseInfo) -> None:
+    def __init__(self, result: Iterable[bytes], on_close: Callable[[], None], response: ResponseInfo,
+                 response_filter: ResponseFilter | None = None) -> None:
         self._result = result
         self._on_close = on_close
         self._response = response
+        self._filter = response_filter
 
     def __iter__(self) -> Iterator[bytes]:
+        response_filter = self._filter
         for chunk in self._result:
+            if response_filter is not None:
+                chunk = response_filter.feed(chunk)
+                if not chunk:
+                    continue
             self._response.bytes_sent += len(chunk)
             yield chunk
+        if response_filter is not None:
+            tail = response_filter.finish()
+            if tail:
+                self._response.bytes_sent += len(tail)
+                yield tail
         self._response.complete = True
 
     def close(self) -> None:

@@ -133,7 +133,8 @@ def key_from_jwk(jwk: Mapping[str, Any], *, allow_symmetric: bool = False) -> Ve
         raise UnusableKey("it is a private key")
     if kty == "oct" and not allow_symmetric:
         raise UnusableKey("symmetric keys are accepted only from a local file or the secret setting")
-    if (kty == "EC" and jwk.get("crv") not in EC_ALGORITHMS) or (kty == "OKP" and jwk.get("crv") != "Ed25519"):
+    crv = jwk.get("crv")
+    if (kty == "EC" and (not isinstance(crv, str) or crv not in EC_ALGORITHMS)) or (kty == "OKP" and crv != "Ed25519"):
         raise UnusableKey("unsupported curve")
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):

@@ -1,0 +1,1 @@
+"""Local ONNX Runtime inference of DeepSeek models."""

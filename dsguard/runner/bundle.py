@@ -1,0 +1,217 @@
+"""Opening a model bundle for one dtype and checking that its graph is one the runner can drive.
+
+Two layouts are read: Hugging Face / Optimum exports (``onnx/model_<dtype>.onnx`` beside ``config.json``)
+and onnxruntime-genai model-builder folders (``genai_config.json`` naming the decoder file and its I/O).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from dsguard.runner.errors import BundleError
+from dsguard.runner.shape import ModelShape
+from dsguard.runner.tokenizer import ChatTokenizer
+
+DTYPES = ("fp32", "fp16", "int8", "q4", "q4f16")
+DYNAMIC_QUANTIZATION_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul",
+                                      "MatMulIntegerToFloat"})
+SHARED_BUFFER_OPS = frozenset({"GroupQueryAttention", "PagedAttention"})
+
+_KV_TYPES: dict[int, np.dtype[Any]] = {onnx.TensorProto.FLOAT: np.dtype(np.float32),
+                                       onnx.TensorProto.FLOAT16: np.dtype(np.float16)}
+_INT64: dict[int, np.dtype[Any]] = {onnx.TensorProto.INT64: np.dtype(np.int64)}
+
+
+def model_filename(dtype: str) -> str:
+    """The file of ``onnx/`` holding the graph for a dtype."""
+    return "model.onnx" if dtype == "fp32" else f"model_{dtype}.onnx"
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphNames:
+    """Names of the decoder's inputs and outputs; ``%d`` stands for the layer index."""
+
+    input_ids: str = "input_ids"
+    attention_mask: str = "attention_mask"
+    position_ids: str | None = "position_ids"
+    past_key: str = "past_key_values.%d.key"
+    past_value: str = "past_key_values.%d.value"
+    logits: str = "logits"
+    present_key: str = "present.%d.key"
+    present_value: str = "present.%d.value"
+
+    def past(self, layers: int) -> list[str]:
+        """Past key/value input names, key then value for each layer."""
+        return [name % i for i in range(layers) for name in (self.past_key, self.past_value)]
+
+    def present(self, layers: int) -> list[str]:
+        """Present key/value output names, in the same order as ``past``."""
+        return [name % i for i in range(layers) for name in (self.present_key, self.present_value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A checked bundle: where the graph is, its shapes, names, element types and tokenizer."""
+
+    directory: Path
+    dtype: str
+    model_path: Path
+    shape: ModelShape
+    tokenizer: ChatTokenizer
+    names: GraphNames
+    kv_dtype: np.dtype[Any]
+    logits_dtype: np.dtype[Any]
+    eos_token_ids: frozenset[int]
+    dynamic_quantization: bool
+    """Activations are quantized per call (not per row): batching would make requests change each other."""
+
+    @property
+    def context_length(self) -> int:
+        return self.shape.max_position_embeddings
+
+
+def open_bundle(directory: Path, dtype: str) -> Bundle:
+    """Read and check a bundle; raises BundleError naming the file and what does not match."""
+    if dtype not in DTYPES:
+        raise BundleError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}", file=directory)
+    if not directory.is_dir():
+        raise BundleError("model bundle directory does not exist", file=directory)
+    shape = ModelShape.from_config(_read_json(directory / "config.json"), source=str(directory / "config.json"))
+    eos = _generation_eos(directory / "generation_config.json")
+    model_path = directory / "onnx" / model_filename(dtype)
+    names = GraphNames()
+    genai_path = directory / "genai_config.json"
+    if not model_path.is_file() and genai_path.is_file():
+        model_path, names = _genai_decoder(genai_path)
+    if not model_path.is_file():
+        raise BundleError(f"no ONNX graph for dtype {dtype!r}", file=model_path)
+    tokenizer = ChatTokenizer.from_bundle(directory)
+    graph = _GraphCheck(model_path, names, shape)
+    return Bundle(directory=directory, dtype=dtype, model_path=model_path, shape=shape, tokenizer=tokenizer,
+                  names=names, kv_dtype=graph.kv_dtype, logits_dtype=graph.logits_dtype,
+                  eos_token_ids=frozenset(tokenizer.eos_token_ids) | eos,
+                  dynamic_quantization=graph.dynamic_quantization)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError("missing", file=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"unreadable JSON: {error}", file=path) from None
+    if not isinstance(data, dict):
+        raise BundleError("expected a JSON object", file=path)
+    return data
+
+
+def _generation_eos(path: Path) -> frozenset[int]:
+    config = _read_json(path)
+    eos = config.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise BundleError(f"expected a token id or a list of them, got {eos!r}", file=path, key="eos_token_id")
+    return frozenset(ids)
+
+
+def _genai_decoder(path: Path) -> tuple[Path, GraphNames]:
+    decoder = _read_json(path).get("model", {}).get("decoder")
+    if not isinstance(decoder, dict) or not isinstance(decoder.get("filename"), str):
+        raise BundleError("expected model.decoder.filename", file=path, key="model.decoder")
+    inputs, outputs = decoder.get("inputs", {}), decoder.get("outputs", {})
+    if not isinstance(inputs, dict) or not isinstance(outputs, dict):
+        raise BundleError("expected objects", file=path, key="model.decoder.inputs/outputs")
+    defaults = GraphNames()
+
+    def name(table: Mapping[str, Any], key: str, default: str | None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise BundleError(f"expected a name, got {value!r}", file=path, key=f"model.decoder.{key}")
+        return value
+
+    names = GraphNames(
+        input_ids=name(inputs, "input_ids", defaults.input_ids) or defaults.input_ids,
+        attention_mask=name(inputs, "attention_mask", defaults.attention_mask) or defaults.attention_mask,
+        position_ids=name(inputs, "position_ids", None),
+        past_key=name(inputs, "past_key_names", defaults.past_key) or defaults.past_key,
+        past_value=name(inputs, "past_value_names", defaults.past_value) or defaults.past_value,
+        logits=name(outputs, "logits", defaults.logits) or defaults.logits,
+        present_key=name(outputs, "present_key_names", defaults.present_key) or defaults.present_key,
+        present_value=name(outputs, "present_value_names", defaults.present_value) or defaults.present_value,
+    )
+    return path.parent / decoder["filename"], names
+
+
+class _GraphCheck:
+    """The decoder graph's I/O against the contract and ``config.json``, read without external weights."""
+
+    def __init__(self, path: Path, names: GraphNames, shape: ModelShape) -> None:
+        self.path = path
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # onnx raises DecodeError, OSError and others for a damaged file
+            raise BundleError(f"not a readable ONNX model: {error}", file=path) from None
+        ops = {node.op_type for node in model.graph.node}
+        shared = sorted(ops & SHARED_BUFFER_OPS)
+        if shared:
+            raise BundleError(f"the graph uses {', '.join(shared)}, which expects right-padded, shared KV "
+                              "buffers; export the model with the Hugging Face / Optimum decoder layout "
+                              "(past_key_values.N.key/value concatenated by the graph)", file=path)
+        self.dynamic_quantization = bool(ops & DYNAMIC_QUANTIZATION_OPS)
+        inputs = {value.name: value for value in model.graph.input}
+        outputs = {value.name: value for value in model.graph.output}
+        layers, kv_heads, head_dim = shape.num_hidden_layers, shape.num_key_value_heads, shape.head_dim
+        expected_in = [names.input_ids, names.attention_mask, *([names.position_ids] if names.position_ids else []),
+                       *names.past(layers)]
+        expected_out = [names.logits, *names.present(layers)]
+        self._exactly("input", inputs, expected_in)
+        self._exactly("output", outputs, expected_out)
+        for name in expected_in[: len(expected_in) - 2 * layers]:
+            self._tensor(inputs[name], rank=2, types=_INT64)
+        kv = {self._tensor(inputs[n], rank=4, types=_KV_TYPES, dims={1: kv_heads, 3: head_dim})
+              for n in names.past(layers)}
+        kv |= {self._tensor(outputs[n], rank=4, types=_KV_TYPES, dims={1: kv_heads, 3: head_dim})
+               for n in names.present(layers)}
+        if len(kv) != 1:
+            raise BundleError("past and present key/value tensors mix element types", file=path)
+        self.kv_dtype = kv.pop()
+        self.logits_dtype = self._tensor(outputs[names.logits], rank=3, types=_KV_TYPES, dims={2: shape.vocab_size})
+
+    def _exactly(self, kind: str, found: Mapping[str, Any], expected: list[str]) -> None:
+        missing = [n for n in expected if n not in found]
+        extra = sorted(set(found) - set(expected))
+        if missing or extra:
+            parts = ([f"missing {kind}s {', '.join(missing)}"] if missing else []) + (
+                [f"unexpected {kind}s {', '.join(extra)}"] if extra else [])
+            hint = _layer_hint(found)
+            raise BundleError("; ".join(parts) + hint, file=self.path)
+
+    def _tensor(self, value: onnx.ValueInfoProto, *, rank: int, types: Mapping[int, np.dtype[Any]],
+                dims: Mapping[int, int] | None = None) -> np.dtype[Any]:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in types:
+            got = onnx.TensorProto.DataType.Name(tensor.elem_type)
+            allowed = ", ".join(onnx.TensorProto.DataType.Name(t) for t in types)
+            raise BundleError(f"{value.name}: element type {got}, expected {allowed}", file=self.path)
+        if tensor.HasField("shape"):
+            shape = tensor.shape.dim
+            if len(shape) != rank:
+                raise BundleError(f"{value.name}: rank {len(shape)}, expected {rank}", file=self.path)
+            for axis, size in (dims or {}).items():
+                if shape[axis].HasField("dim_value") and shape[axis].dim_value != size:
+                    raise BundleError(f"{value.name}: dimension {axis} is {shape[axis].dim_value}, config.json "
+                                      f"implies {size}", file=self.path)
+        return types[tensor.elem_type]
+
+
+def _layer_hint(found: Mapping[str, Any]) -> str:
+    layers = {int(m.group(1)) for n in found if (m := re.search(r"\.(\d+)\.", n))}
+    return f" (the graph has {max(layers) + 1} layers of key/value)" if layers else ""

@@ -1,0 +1,107 @@
+"""Choosing the next token: greedy, temperature, top-k, top-p, seeds and the repetition penalty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dsguard.runner.sampling import Sampler, SamplingParams
+
+PROBS = np.array([0.05, 0.5, 0.15, 0.3], dtype=np.float64)
+LOGITS = np.log(PROBS).astype(np.float32)
+
+
+def draws(params: SamplingParams, logits: np.ndarray, count: int = 400) -> list[int]:
+    sampler = Sampler(params)
+    return [sampler(logits) for _ in range(count)]
+
+
+def test_greedy_picks_the_argmax_of_every_row() -> None:
+    rng = np.random.default_rng(1)
+    sampler = Sampler(SamplingParams(temperature=0))
+    for _ in range(50):
+        logits = rng.standard_normal(2048).astype(np.float32)
+        assert sampler(logits) == int(np.argmax(logits))
+
+
+def test_top_k_of_one_is_greedy_whatever_the_temperature() -> None:
+    assert set(draws(SamplingParams(temperature=5.0, top_k=1, seed=3), LOGITS)) == {1}
+
+
+def test_temperature_zero_never_divides_and_ignores_the_other_knobs() -> None:
+    params = SamplingParams(temperature=0, top_p=0.1, top_k=3, seed=9)
+    assert params.problem() is None
+    assert set(draws(params, LOGITS, 20)) == {1}
+
+
+def test_a_seeded_request_repeats_exactly() -> None:
+    params = SamplingParams(temperature=1.0, seed=1234)
+    assert draws(params, LOGITS) == draws(params, LOGITS)
+
+
+def test_different_seeds_give_different_draws() -> None:
+    assert draws(SamplingParams(seed=1), LOGITS) != draws(SamplingParams(seed=2), LOGITS)
+
+
+def test_sampling_follows_the_distribution() -> None:
+    counts = np.bincount(draws(SamplingParams(seed=5), LOGITS, 4000), minlength=4) / 4000
+    assert np.allclose(counts, PROBS, atol=0.03)
+
+
+def test_top_k_restricts_the_support_to_the_k_most_likely() -> None:
+    assert set(draws(SamplingParams(top_k=2, seed=7), LOGITS)) == {1, 3}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass() -> None:
+    assert set(draws(SamplingParams(top_p=0.8, seed=7), LOGITS)) == {1, 3}
+    assert set(draws(SamplingParams(top_p=0.81, seed=7), LOGITS)) == {1, 2, 3}
+
+
+def test_top_p_on_a_large_vocabulary_matches_a_full_sort() -> None:
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal(5000) * 3).astype(np.float32)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(probs[order]), 0.9)) + 1].tolist())
+    assert set(draws(SamplingParams(top_p=0.9, seed=11), logits, 3000)) <= nucleus
+
+
+def test_top_k_and_top_p_combine() -> None:
+    assert set(draws(SamplingParams(top_k=3, top_p=0.6, seed=2), LOGITS)) == {1, 3}
+
+
+def test_low_temperature_concentrates_on_the_most_likely_token() -> None:
+    assert set(draws(SamplingParams(temperature=0.05, seed=3), LOGITS)) == {1}
+
+
+def test_repetition_penalty_demotes_tokens_already_seen() -> None:
+    logits = np.array([1.0, 3.0, 2.0, -1.0], dtype=np.float32)
+    assert Sampler(SamplingParams(temperature=0), prompt_ids=[1])(logits) == 1
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=2.0), prompt_ids=[1])(logits) == 2
+
+
+def test_repetition_penalty_makes_negative_logits_more_negative() -> None:
+    logits = np.array([-1.0, -1.5, -4.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0, repetition_penalty=2.0), prompt_ids=[0])
+    assert sampler(logits) == 1
+
+
+def test_repetition_penalty_counts_generated_tokens_and_leaves_the_logits_untouched() -> None:
+    logits = np.array([2.0, 1.9, 0.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0, repetition_penalty=1.5))
+    assert [sampler(logits), sampler(logits)] == [0, 1]
+    assert logits.tolist() == pytest.approx([2.0, 1.9, 0.0])
+
+
+@pytest.mark.parametrize(("params", "word"), [
+    (SamplingParams(temperature=-0.1), "temperature"),
+    (SamplingParams(top_p=0.0), "top_p"),
+    (SamplingParams(top_p=1.5), "top_p"),
+    (SamplingParams(top_k=-1), "top_k"),
+    (SamplingParams(repetition_penalty=0.0), "repetition_penalty"),
+    (SamplingParams(seed=-1), "seed"),
+])
+def test_unusable_parameters_are_named(params: SamplingParams, word: str) -> None:
+    problem = params.problem()
+    assert problem is not None and problem.startswith(word)
