@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..config import Config, PolicyConfig
@@ -27,10 +27,12 @@ from ..context import RequestContext
 from ..decision import CheckFailed, Denial, Forbidden
 from ..policy import Policy, PolicyEvaluationError, access_request
 from ..policy.reload import PolicyReloader
-from ..policy.watcher import PolicyChannel
 from ..services import Services
 from .base import Check
 from .hygiene import is_json
+
+if TYPE_CHECKING:
+    from ..policy.watcher import PolicyChannel
 
 logger = logging.getLogger("dsguard.policy")
 
@@ -150,5 +152,7 @@ def build(config: Config, services: Services) -> list[Check]:
                               interval=policy_config.reload_interval)
     channel = None
     if policy_config.reload and urlsplit(config.storage.url).scheme in ("redis", "rediss", "unix"):
+        from ..policy.watcher import PolicyChannel  # the redis extra
+
         channel = PolicyChannel(config.storage.url, policy_config.redis_channel)
     return [PolicyCheck(policy_config, reloader, channel)]
