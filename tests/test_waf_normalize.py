@@ -108,7 +108,7 @@ def test_shell_quoting_ifs_and_brace_expansion_are_undone() -> None:
 
 @pytest.mark.parametrize(("spliced", "command"), [
     ("c$@at /et$*c/passwd", "cat /etc/passwd"), ("c${u}at /etc/passwd", "cat /etc/passwd"),
-    ("sh$x -c id", "sh -c id"), ("pi<()ng host", "ping host"), ("w$()hoami", "whoami"), ("i``d", "id"),
+    ("sh$x -c id", "sh -c id"), ("w$()hoami", "whoami"), ("i``d", "id"),
 ])
 def test_empty_expansions_spliced_into_a_command_name_are_removed(spliced: str, command: str) -> None:
     assert shell_normalize(spliced) == command

@@ -12,7 +12,16 @@ from dsguard.waf import builtin_rule_set
 from dsguard.waf.engine import Engine
 from dsguard.waf.model import Operator, Rule, Selector
 from dsguard.waf.normalize import TRANSFORMS
-from dsguard.waf.prefilter import NON_ASCII, PLAIN, never_plain, plain_view, required_chars
+from dsguard.waf.prefilter import (
+    IDENTITY_ON_PLAIN,
+    LOWERING_ON_PLAIN,
+    NON_ASCII,
+    PLAIN,
+    TEXT_PRESERVING,
+    never_plain,
+    plain_view,
+    required_chars,
+)
 from dsguard.waf.regex import compile_pattern
 from dsguard.waf.rules import builtin_rules
 from dsguard.waf.targets import Collections
@@ -104,7 +113,7 @@ WORDS = st.lists(st.sampled_from(["select", "union", "from", "ls", "cat", "/etc/
                  max_size=8).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(value=PLAIN_TEXT | WORDS | st.text(max_size=40))
 def test_engine_agrees_with_rule_by_rule_evaluation_on_generated_values(value: str) -> None:
     for paranoia, engine in ENGINES.items():
@@ -128,3 +137,21 @@ def test_plain_value_reaches_a_rule_whose_transformations_rewrite_it(pattern: st
                                                                      value: str) -> None:
     assert PLAIN.fullmatch(value)
     assert engine_of(pattern, chain).inspect({"ARGS": [("q", value)]}).blocked
+
+
+PLAIN_TOKENS = st.sampled_from(["a", "B", "Zz", "(", ")", "<", ">", "()", "<()", ";", ",", "/", "..", "/./", "--", "#",
+                                "=", "|", "[", "]", "!", "?", "~", ":", "@", "_", "-", "1", "0x41", "select", "ETC"])
+PLAIN_SAMPLES = st.lists(st.lists(PLAIN_TOKENS, min_size=1, max_size=5).map("".join), min_size=1,
+                         max_size=4).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=PLAIN_SAMPLES)
+def test_each_transformation_does_to_a_plain_value_what_the_fast_path_assumes(value: str) -> None:
+    assert PLAIN.fullmatch(value)
+    for name in IDENTITY_ON_PLAIN:
+        assert TRANSFORMS[name](value) == value, name
+    for name in LOWERING_ON_PLAIN:
+        assert TRANSFORMS[name](value) == value.lower(), name
+    for name in TEXT_PRESERVING:
+        assert set(TRANSFORMS[name](value)) <= set(value) | set(value.lower()) | {" "}, name

@@ -64,7 +64,7 @@ TECHNIQUES = {
     "rce-sysadmin-command-alone": "ifconfig",
     "rce-empty-expansion-spliced-into-command": "x;c$@at /et$@c/pas$@swd",
     "rce-unset-variable-spliced-into-command": "a; sh$x -c whoami",
-    "rce-empty-process-substitution-spliced": "pi<()ng 127.0.0.1; ",
+    "rce-empty-process-substitution-spliced": "pi<()ng 127.0.0.1",
     "rce-brace-expansion-with-empty-element": "{,ifconfig}",
     "rce-tilde-expansion": "~+",
     "rce-history-expansion": "!-2",

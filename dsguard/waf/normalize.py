@@ -309,8 +309,8 @@ def sql_normalize(value: str) -> str:
 
 
 _SHELL_IFS = re.compile(r"\$\{?ifs\}?(?:\$\d)?", re.I)
-# Expansions that are empty, spliced into a word, expand to nothing: ``c$@at``, ``c${u}at``, ``sh$x -c``, ``pi<()ng``.
-_SHELL_SPLICED = re.compile(r"\$[@*]|\$\d|\$\(\s*\)|``|[<>]\(\s*\)|(?<=\w)\$(?:\{[a-z_]\w*\}|[a-z_]\w*(?=[^\w]|$))|"
+# Expansions that are empty, spliced into a word, expand to nothing: ``c$@at``, ``c${u}at``, ``sh$x -c``, ``w$()ho``.
+_SHELL_SPLICED = re.compile(r"\$[@*]|\$\d|\$\(\s*\)|``|(?<=\w)\$(?:\{[a-z_]\w*\}|[a-z_]\w*(?=[^\w]|$))|"
                             r"\$\{[a-z_]\w*\}(?=\w)", re.I)
 _SHELL_QUOTES = str.maketrans("", "", "\\\"'^")
 _SHELL_BRACES = re.compile(r"\{([^{}\s,]+(?:,[^{}\s,]*)+)\}")
@@ -323,7 +323,7 @@ def shell_normalize(value: str) -> str:
     Separators (``; | & `` ` ``, ``$(``, newlines) are kept, unlike :func:`cmd_line`.
     """
     value = value.replace("\\\n", "")
-    if "$" in value or "()" in value or "``" in value:
+    if "$" in value or "`" in value:
         value = _SHELL_SPLICED.sub("", _SHELL_IFS.sub(" ", value))
     value = value.translate(_SHELL_QUOTES)
     if "{" in value:

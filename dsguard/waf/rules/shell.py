@@ -91,7 +91,8 @@ def unix_rules() -> list[Rule]:
              r"\$\(\(|\$\[|[<>]\(\s*[a-z]|/[\w.-]*\[!?[\w-]+\][\w.-]*(?:/|$)|(?:^|[\s;|&=])(?:/usr)?/?s?bin/"
              r"[a-z][\w-]*\b|\btrap\s+.+\s(?:sig)?(?:exit|int|term|hup)\b|-wrapper\s+\S*sh\b|\|\s*\$\w+\s+\w|"
              r"(?:^|[\s;|&])~[+-]\d*(?:$|[\s/;|&])|(?:^|[\s;|&\"'])!(?:-\d+|!)(?:$|[\s;|&!\"'])|"
-             r"(?:[;|`\n]|&&|\$\()\s*\$\{?[a-z_]\w*\}?(?:\s|$)|[a-z]\$[@*][a-z]", DECODED, message="shell expansion"),
+             r"(?:[;|`\n]|&&|\$\()\s*\$\{?[a-z_]\w*\}?(?:\s|$)|[a-z]\$[@*][a-z]|[a-z][<>]\(\s*\)[a-z]", DECODED,
+             message="shell expansion"),
         rule(120180, "rce", r"[\r\n]\s*(?:mail\s+from|rcpt\s+to)\s*:|[\r\n]\s*(?:helo|ehlo)\s+[\w.-]+\s*(?:$|[\r\n])|"
              r"[\r\n][a-z]{0,8}\d{1,8}\s+(?:append|authenticate|capability|check|close|copy|create|delete|examine|"
              r"expunge|fetch|list|login|logout|lsub|noop|rename|search|select|starttls|status|store|subscribe|uid|"
