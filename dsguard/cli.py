@@ -125,15 +125,35 @@ def config_check(path: Path) -> None:
 def config_keys() -> None:
     """List every configuration key with its default and meaning."""
     import dataclasses
+    import types
+    import typing
 
     from . import config as schema
 
+    def section_of(hint: object) -> tuple[type, str] | None:
+        """The dataclass a field holds (``X``, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``) and its suffix."""
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            return hint, ""
+        if origin in (typing.Union, types.UnionType):
+            inner = [arg for arg in args if arg is not type(None)]
+            return section_of(inner[0]) if len(inner) == 1 else None
+        if origin is tuple and args:
+            found = section_of(args[0])
+            return (found[0], "[]") if found else None
+        if origin is dict and len(args) == 2:
+            found = section_of(args[1])
+            return (found[0], ".NAME") if found else None
+        return None
+
     def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
             if "doc" not in field.metadata:
                 continue
-            if field.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(field.default_factory):
-                walk(field.default_factory, f"{prefix}{field.name}.")
+            section = section_of(hints[field.name])
+            if section is not None:
+                walk(section[0], f"{prefix}{field.name}{section[1]}.")
                 continue
             if field.default_factory is not dataclasses.MISSING:
                 default = field.default_factory()
@@ -142,13 +162,6 @@ def config_keys() -> None:
             click.echo(f"{prefix}{field.name} = {default!r}\n    {field.metadata['doc']}")
 
     walk(schema.Config, "")
-    for name, cls in (("identity.jwt", schema.JWTConfig), ("identity.introspection", schema.IntrospectionConfig),
-                      ("policy", schema.PolicyConfig), ("rate_limits[]", schema.RateLimitConfig),
-                      ("signatures", schema.SignaturesConfig), ("waf", schema.WAFConfig),
-                      ("prompt_guard", schema.PromptGuardConfig), ("runner", schema.RunnerConfig),
-                      ("audit", schema.AuditConfig), ("telemetry", schema.TelemetryConfig)):
-        walk(cls, f"{name}.")
-
 
 
 # --- keys and dev/test tokens ------------------------------------------------------------------------------------
@@ -387,12 +400,18 @@ def token_revoke(config_path: Path, jti: str, until: str) -> None:
     click.echo(f"revoked {jti} until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(end))}", err=True)
 
 
+from .cli_audit import audit_group  # noqa: E402
+from .cli_backup import backup_group  # noqa: E402
+from .cli_crypto import register_key_commands  # noqa: E402
 from .cli_model import model_group  # noqa: E402
 from .cli_sign import sign  # noqa: E402
 
+register_key_commands(keys_group)
 main.add_command(sign)
 main.add_command(policy_group)
 main.add_command(model_group)
+main.add_command(audit_group)
+main.add_command(backup_group)
 
 
 if __name__ == "__main__":

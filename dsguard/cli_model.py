@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import DSGuardError
+from ._cli import operator_errors
 
 if TYPE_CHECKING:
     from .runner.quantize import DriftReport
@@ -22,17 +22,6 @@ SHAPES = ("tiny", "medium")
 @click.group("model")
 def model_group() -> None:
     """Local model bundles: write the bundled test models, quantize, inspect."""
-
-
-@contextlib.contextmanager
-def _operator_errors() -> Iterator[None]:
-    """Errors of the files or the library, as one line naming the file (no traceback)."""
-    try:
-        yield
-    except DSGuardError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"{exc.filename or 'file'}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager
@@ -79,7 +68,7 @@ def make_tiny(output: Path | None, shape: str, seed: int, dtypes: tuple[str, ...
     if output is not None and output.exists() and any(output.iterdir()):
         raise click.ClickException(f"{output}: exists and is not empty; choose another --output or remove it")
     console = Console(stderr=True, log_path=False)
-    with _operator_errors(), console.status(f"writing {name}") as status:
+    with operator_errors(), console.status(f"writing {name}") as status:
         def report(message: str) -> None:
             status.update(f"{name}: {message}")
             console.log(message)
@@ -124,7 +113,7 @@ def quantize(bundle: Path, dtype: str, block_size: int, steps: int, run_compare:
         raise click.ClickException(f"{bundle}: model bundle directory does not exist")
     if block_size < 16 or block_size & (block_size - 1):
         raise click.BadParameter("must be a power of two >= 16", param_hint="--block-size")
-    with _operator_errors():
+    with operator_errors():
         with _progress_bar(f"quantizing to {dtype}") as progress:
             target = quantize_bundle(bundle, dtype, block_size=block_size, progress=progress)
         click.echo(f"wrote {target}")
@@ -154,7 +143,7 @@ def info(spec: str) -> None:
     from .runner.tiny import resolve_model
     from .runner.tokenizer import ChatTokenizer
 
-    with _operator_errors():
+    with operator_errors():
         directory = resolve_model(spec)
         config_path = directory / "config.json"
         try:
@@ -182,3 +171,8 @@ def info(spec: str) -> None:
     click.echo("files")
     for path in sorted(item for item in directory.rglob("*") if item.is_file() and not item.name.startswith(".")):
         click.echo(f"  {_human(path.stat().st_size):>11}  {path.relative_to(directory)}")
+
+
+from .cli_crypto import register_model_commands  # noqa: E402
+
+register_model_commands(model_group)

@@ -347,6 +347,14 @@ class RunnerConfig:
                                      ("CUDAExecutionProvider", "CPUExecutionProvider"))
     max_concurrency: int = doc("Generations run at once.", 4)
     max_queue: int = doc("Requests waiting beyond that (503 when full).", 64)
+    manifest_public_key: Path | None = doc(
+        "Public key (PEM) or JWKS trusted to sign the bundle's dsguard-manifest.json; set, the bundle is refused "
+        "before anything is loaded unless its manifest is signed by that key and every file matches it.", None)
+    require_manifest: bool = doc("Refuse to load a bundle without `manifest_public_key` (pinning is mandatory).",
+                                 False)
+    decryption_key: str | None = doc(
+        'Key URL of the key-encryption key of an encrypted bundle ("file:PATH", "env:NAME", "pkcs11:..."); the '
+        "weights are decrypted into memory only.", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,9 +404,23 @@ class AuditConfig:
     fsync_interval: Duration = doc('Time between syncs under fsync = "interval".', 1.0)
     queue_size: int = doc("Records waiting for the writer thread before on_full applies.", 10000)
     on_full: Literal["block", "drop"] = doc(
-        '"block": a record waits up to full_wait for room (after its response is sent: the call is not '
-        'delayed), then is dropped; "drop": dropped at once. Drops are counted in dsguard.audit.drops.', "block")
+        '"block": a record waits up to full_wait for room (under durability = "queued" after its response is '
+        'sent: the call is not delayed), then is dropped; "drop": dropped at once. Drops are counted in '
+        'dsguard.audit.drops; under durability = "written" a dropped record refuses its call (503).', "block")
     full_wait: Duration = doc('Longest a record waits for room under on_full = "block".', 1.0)
+    durability: Literal["queued", "written"] = doc(
+        '"queued": a call\'s record is queued once its response is sent, so writing never holds up a response, '
+        "but a kill -9 loses the records still queued (those of the last responses). "
+        '"written": the record is handed to the writer before the last chunk of the response (or the denial) is '
+        'sent, and that chunk goes out only once the writer reports the record written (and synced, under '
+        'fsync = "always"): every response a client received whole is in the log. If the record is not written '
+        "within written_timeout, or cannot be (disk full, writer stopped, queue full), the response does not end "
+        "as a success: one not yet started is answered 503 audit_unavailable instead; a started (streamed) one "
+        "is cut off: its last chunk is never sent and the connection is closed. A call whose client left before "
+        "its last chunk is still recorded, afterwards.", "queued")
+    written_timeout: Duration = doc(
+        'Longest a response waits for its record under durability = "written" before it is refused (the wait is '
+        "also bounded by [pipeline] check_timeout, which answers 503 check_timeout).", 2.0)
     log_prompts: bool = doc(
         "Write prompt fields (messages, prompt, input ...) into the log; off, only their SHA-256 and length.",
         False)
@@ -495,9 +517,7 @@ class Config:
 
 # Sections this version parses but whose feature is not built yet. A security feature that is
 # configured but missing refuses to start in enforce mode (see ``on_unavailable``).
-UNAVAILABLE: dict[str, tuple[str, bool]] = {
-    "audit": ("audit log", True),
-}
+UNAVAILABLE: dict[str, tuple[str, bool]] = {}
 
 
 @dataclasses.dataclass(frozen=True)

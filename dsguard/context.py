@@ -170,8 +170,8 @@ class RequestContext:
     """
 
     __slots__ = (
-        "_after", "_filters", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body", "body_limit",
-        "body_replacement",
+        "_after", "_filters", "_finish", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body",
+        "body_limit", "body_replacement",
         "client_ip", "denials_reported", "headers", "http_version", "identity", "method", "path", "peer",
         "query_string", "raw_path", "response_headers", "route_denial", "scheme", "timings", "tls",
     )
@@ -199,6 +199,7 @@ class RequestContext:
         self.timings: list[tuple[str, int]] = []
         self.denials_reported: list[Any] = []
         self._after: list[AfterHook] | None = None
+        self._finish: list[AfterHook] | None = None
         self._filters: list[ResponseFilter] | None = None
         self._json: Any = _UNSET
         self._has_body: bool | None = None
@@ -264,6 +265,23 @@ class RequestContext:
     @property
     def after_hooks(self) -> list[AfterHook]:
         return self._after or []
+
+    def before_finish(self, hook: AfterHook) -> None:
+        """Run ``hook(ctx, response)`` before the last body chunk of the response (or the denial) is sent.
+
+        The response ends only once the hook returns (or its awaitable completes). If it raises (a
+        :class:`~dsguard.decision.Denial`, or anything else: 503 ``check_error``) or outlives the
+        check timeout, the response does not end as a success: one not yet started is answered with
+        the denial instead; a started one is cut off (its last chunk withheld, the connection closed).
+        A call that never reaches its last chunk (the client left) does not run it.
+        """
+        if self._finish is None:
+            self._finish = []
+        self._finish.append(hook)
+
+    @property
+    def finish_hooks(self) -> list[AfterHook]:
+        return self._finish or []
 
     def replace_body(self, data: bytes) -> None:
         """Forward ``data`` to the app instead of the body received (``ctx.body`` keeps the original)."""

@@ -26,6 +26,7 @@ from .types import RawHeaders
 from .units import NetworkSet
 
 if TYPE_CHECKING:
+    from .audit.log import AuditLog
     from .telemetry.endpoints import Endpoint
     from .telemetry.observer import Telemetry
 
@@ -128,6 +129,13 @@ class Guard:
         all_checks = builtin_checks(config, self.services)
         all_checks += [load_plugin(p, config) for p in config.plugin_configs if p.enabled]
         all_checks += list(checks)
+        self.audit: AuditLog | None = None
+        if config.audit is not None:
+            from .audit.log import AuditLog
+
+            self.audit = AuditLog(config, self.services)
+            all_checks.append(self.audit.check)
+            after_hooks = [*after_hooks, self.audit.record]
         self.telemetry: Telemetry | None = None
         if self.services.telemetry is not None:
             from .telemetry.observer import Telemetry
@@ -136,6 +144,8 @@ class Guard:
         make_pipeline: Callable[..., Pipeline] = Pipeline if self.telemetry is None else self.telemetry.pipeline
         self.pipeline = make_pipeline(all_checks, mode=config.mode, body_limit=config.hygiene.max_body,
                                       check_timeout=config.pipeline.check_timeout, after_hooks=after_hooks)
+        if self.audit is not None and self.audit.finish_hook is not None:
+            self.pipeline.finish_hooks.append(self.audit.finish_hook)
         self.endpoints: dict[str, Endpoint] = {} if self.telemetry is None else dict(self.telemetry.endpoints)
         for check in all_checks:
             self.endpoints.update(getattr(check, "endpoints", None) or {})
@@ -167,6 +177,8 @@ class Guard:
             self._lock = asyncio.Lock()
         async with self._lock:
             if not self.started:
+                if self.audit is not None:
+                    self.audit.start()
                 await startup_checks(self.pipeline.checks)
                 self.started = True
 
@@ -187,6 +199,8 @@ class Guard:
             self.started = False
             await shutdown_checks(self.pipeline.checks)
             await self.services.storage.close()
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.stop)
         if self.telemetry is not None:
             self.telemetry.shutdown()
 

@@ -1,4 +1,4 @@
-"""Run the checks of one call in order, fail closed, and run the after-response hooks."""
+"""Run the checks of one call in order, fail closed, and run the before-finish and after-response hooks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from .errors import ClientDisconnected
 from .types import Mode
 
 logger = logging.getLogger("dsguard")
+
+
+class ResponseAborted(ConnectionError):
+    """A before-finish hook refused a response that had started: the app's next send raises this, as on a broken
+    connection, and the response is cut off (the connection closed) instead of ending as a success."""
 
 
 class CallIO(Protocol):
@@ -40,6 +45,8 @@ class Pipeline:
         self.body_limit = body_limit
         self.check_timeout = check_timeout
         self.after_hooks: list[AfterHook] = list(after_hooks)
+        self.finish_hooks: list[AfterHook] = []
+        """Hooks every call runs before its last body chunk (see :meth:`RequestContext.before_finish`)."""
         # Global report mode wins; otherwise a check may put itself in report mode.
         self._steps = tuple(
             (c, c.check, c.name, "report" in (mode, getattr(c, "mode", None)), bool(getattr(c, "needs_body", False)))
@@ -84,6 +91,30 @@ class Pipeline:
 
     def has_after_hooks(self, ctx: RequestContext) -> bool:
         return bool(self.after_hooks or ctx.after_hooks)
+
+    def has_finish_hooks(self, ctx: RequestContext) -> bool:
+        return bool(self.finish_hooks or ctx.finish_hooks)
+
+    async def before_finish(self, ctx: RequestContext, response: ResponseInfo, io: CallIO) -> Denial | None:
+        """Run the call's before-finish hooks, then the pipeline's; the denial to answer instead, if one refuses."""
+        for hook in (*ctx.finish_hooks, *self.finish_hooks):
+            try:
+                result = hook(ctx, response)
+                if inspect.isawaitable(result):
+                    await io.wait(result, self.check_timeout)
+                continue
+            except Denial as denial:
+                refusal = denial
+            except TimeoutError:
+                logger.error("before-finish hook %r timed out after %ss (request %s)", hook, self.check_timeout,
+                             ctx.request_id)
+                refusal = CheckFailed(code="check_timeout")
+            except Exception:
+                logger.exception("before-finish hook %r failed (request %s)", hook, ctx.request_id)
+                refusal = CheckFailed()
+            refusal.check = refusal.check or "before_finish"
+            return refusal
+        return None
 
     async def finish(self, ctx: RequestContext, response: ResponseInfo, io: CallIO) -> None:
         """Run the call's after-hooks and the pipeline's; errors are logged, never raised."""

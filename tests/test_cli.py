@@ -15,6 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from click.testing import CliRunner
+
+from dsguard import config as dsguard_config
+from dsguard.cli import main
 
 from .conftest import free_port
 
@@ -43,19 +47,29 @@ def test_config_check_names_key_and_line_of_an_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_config_check_reports_unavailable_security_features_of_the_sample() -> None:
-    result = run("config", "check", str(SAMPLE))
-    assert result.returncode == 1
-    assert f"{SAMPLE}:52: error: [audit] audit log is not available in this version" in result.stderr
+@pytest.fixture
+def waf_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if this version parsed [waf] without providing it (every configured section is available today)."""
+    monkeypatch.setitem(dsguard_config.UNAVAILABLE, "waf", ("WAF", True))
 
 
+@pytest.mark.usefixtures("waf_unavailable")
+def test_config_check_reports_an_unavailable_security_feature(tmp_path: Path) -> None:
+    path = tmp_path / "dsguard.toml"
+    path.write_text('mode = "enforce"\n[waf]\nparanoia = 1\n')
+    result = CliRunner().invoke(main, ["config", "check", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}:2: error: [waf] WAF is not available in this version" in result.stderr
+
+
+@pytest.mark.usefixtures("waf_unavailable")
 def test_serve_refuses_a_config_with_an_unavailable_security_feature(tmp_path: Path) -> None:
     path = tmp_path / "dsguard.toml"
-    path.write_text('[audit]\npath = "audit.jsonl"\n')
-    result = run("serve", "--config", str(path), "--port", str(free_port()))
-    assert result.returncode == 1
-    assert "[audit]: audit log is configured but not available" in result.stderr
-    assert "Traceback" not in result.stderr
+    path.write_text("[waf]\nparanoia = 1\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(path), "--port", str(free_port())])
+    assert result.exit_code == 1
+    assert "[waf]: WAF is configured but not available" in result.stderr
+    assert "Traceback" not in result.output
 
 
 @contextmanager
@@ -172,3 +186,13 @@ def test_serve_names_a_missing_certificate_file(tmp_path: Path) -> None:
     result = run("serve", "--config", str(path), "--port", str(free_port()))
     assert result.returncode == 1
     assert f"{path}:2: [server] tls_cert: file not found" in result.stderr
+
+
+def test_config_keys_lists_the_keys_of_every_section() -> None:
+    result = run("config", "keys")
+    assert result.returncode == 0
+    keys = {line.split(" = ")[0] for line in result.stdout.splitlines() if not line.startswith(" ")}
+    for key in ("mode", "identity.jwt.issuer", "identity.mtls.required", "rate_limits[].limit", "waf.paranoia",
+                "prompt_guard.action", "runner.dtype", "anomaly.action", "e2e.private_key", "telemetry.prometheus",
+                "audit.path"):
+        assert key in keys, key

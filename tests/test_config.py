@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from dsguard import ConfigError, Guard, load_config
+from dsguard import config as dsguard_config
 from dsguard.config import default_config, parse_config, unavailable_features
 from dsguard.units import Secret, parse_duration, parse_size
 
@@ -100,21 +101,34 @@ def test_embedded_default_is_loopback_demo_with_memory_storage() -> None:
     assert unavailable_features(config) == []
 
 
+@pytest.fixture
+def waf_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if this version parsed [waf] without providing it (every configured section is available today)."""
+    monkeypatch.setitem(dsguard_config.UNAVAILABLE, "waf", ("WAF", True))
+
+
+def test_every_section_of_the_design_sample_is_available() -> None:
+    assert unavailable_features(load_config(SAMPLE)) == []
+
+
+@pytest.mark.usefixtures("waf_unavailable")
 def test_unavailable_security_feature_refuses_to_start_in_enforce_mode() -> None:
-    config = parse_config('[audit]\npath = "audit.jsonl"\n', file="dsguard.toml")
-    with pytest.raises(ConfigError, match=r"dsguard.toml:1: \[audit\]: audit log is configured but not available"):
+    config = parse_config("[waf]\nparanoia = 1\n", file="dsguard.toml")
+    with pytest.raises(ConfigError, match=r"dsguard.toml:1: \[waf\]: WAF is configured but not available"):
         Guard(config)
 
 
+@pytest.mark.usefixtures("waf_unavailable")
 def test_unavailable_feature_can_be_accepted_explicitly(caplog: pytest.LogCaptureFixture) -> None:
-    config = parse_config('on_unavailable = "warn"\n[audit]\npath = "audit.jsonl"\n', file="dsguard.toml")
+    config = parse_config('on_unavailable = "warn"\n[waf]\nparanoia = 1\n', file="dsguard.toml")
     Guard(config)
-    assert "audit log is configured but not available" in caplog.text
+    assert "WAF is configured but not available" in caplog.text
 
 
+@pytest.mark.usefixtures("waf_unavailable")
 def test_unavailable_feature_only_warns_in_report_mode(caplog: pytest.LogCaptureFixture) -> None:
-    Guard(parse_config('mode = "report"\n[audit]\npath = "audit.jsonl"\n'))
-    assert "audit log is configured but not available" in caplog.text
+    Guard(parse_config('mode = "report"\n[waf]\nparanoia = 1\n'))
+    assert "WAF is configured but not available" in caplog.text
 
 
 def test_defaults_without_any_file_require_https(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,11 @@
-"""Pure ASGI middleware: runs the pipeline before the app, adds headers, never buffers responses."""
+"""Pure ASGI middleware: runs the pipeline before the app, adds headers, never buffers responses.
+
+With before-finish hooks (see :meth:`~dsguard.context.RequestContext.before_finish`) the response
+start is held until the first body chunk, so that a hook refusing a one-chunk response can still
+answer with its denial; a streamed response it refuses is cut off: the app's next send raises
+:class:`~dsguard.pipeline.ResponseAborted`, the last chunk is never sent and the middleware
+returns with the response incomplete, which servers answer by closing the connection.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ from ..context import AfterHook, RequestContext, ResponseInfo, TLSInfo
 from ..decision import Denial, PayloadTooLarge
 from ..errors import ClientDisconnected
 from ..guard import ErrorRenderer, Guard
+from ..pipeline import ResponseAborted
 from ..telemetry.endpoints import send_asgi
-from ..types import ASGIApp, Message, Receive, Scope, Send
+from ..types import ASGIApp, Message, RawHeaders, Receive, Scope, Send
 
 _TLS_VERSIONS = {0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 
@@ -194,7 +202,7 @@ class GuardMiddleware:
                 await pipeline.finish(ctx, response, call)
             return
         if denial is not None:
-            await self._deny(ctx, denial, send, response)
+            await self._deny(ctx, denial, send, response, call)
             if pipeline.has_after_hooks(ctx):
                 await pipeline.finish(ctx, response, call)
             return
@@ -203,19 +211,27 @@ class GuardMiddleware:
             scope["headers"] = _with_content_length(scope["headers"], len(ctx.body_replacement))
         request_id = (guard.request_id_header, ctx.request_id.encode())
         response_filter = ctx.response_filter
+        held: Message | None = None
+        finished = aborted = False
 
         async def guarded_send(message: Message) -> None:
+            nonlocal held, finished, aborted
+            if aborted:
+                raise ResponseAborted()
             kind = message["type"]
             if kind == "http.response.start":
                 if ctx.route_denial is not None:
                     response.denied_by = "route"
-                    await self._deny(ctx, ctx.route_denial, send, response)
+                    await self._deny(ctx, ctx.route_denial, send, response, call)
                     return
                 response.status = message["status"]
                 headers = message.get("headers", ())
                 if response_filter is not None:
                     headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
                 message["headers"] = [*headers, *ctx.response_headers, request_id]
+                if pipeline.has_finish_hooks(ctx):
+                    held = message
+                    return
             elif kind == "http.response.body":
                 if response.denied_by is not None:
                     return
@@ -228,22 +244,55 @@ class GuardMiddleware:
                         return
                     message = {**message, "body": body}
                 response.bytes_sent += len(message.get("body", b""))
+                if not more and not finished and pipeline.has_finish_hooks(ctx):
+                    finished = True
+                    refusal = await pipeline.before_finish(ctx, response, call)
+                    if refusal is not None and held is not None:
+                        held = None
+                        await self._send_denial(*self._rendered(ctx, refusal, response, replacing=True), send)
+                        return
+                    if refusal is not None:
+                        aborted = True
+                        raise ResponseAborted()
                 if not more:
                     response.complete = True
+            if held is not None:
+                start, held = held, None
+                await send(start)
             await send(message)
 
         try:
             await self.app(scope, call.app_receive(ctx.body_replacement), guarded_send)
+        except Exception:
+            if not aborted:
+                raise
         finally:
             if pipeline.has_after_hooks(ctx):
                 await pipeline.finish(ctx, response, call)
 
-    async def _deny(self, ctx: RequestContext, denial: Denial, send: Send, response: ResponseInfo) -> None:
+    async def _deny(self, ctx: RequestContext, denial: Denial, send: Send, response: ResponseInfo,
+                    call: ASGICall) -> None:
+        """Answer ``denial``; the before-finish hooks run first, and a refusal of theirs is answered instead."""
+        rendered = self._rendered(ctx, denial, response)
+        pipeline = self.guard.pipeline
+        if pipeline.has_finish_hooks(ctx):
+            refusal = await pipeline.before_finish(ctx, response, call)
+            if refusal is not None:
+                rendered = self._rendered(ctx, refusal, response, replacing=True)
+        await self._send_denial(*rendered, send)
+
+    def _rendered(self, ctx: RequestContext, denial: Denial, response: ResponseInfo, *,
+                  replacing: bool = False) -> tuple[int, RawHeaders, bytes]:
         status, headers, body = self.guard.render(ctx, denial)
         response.status = status
-        response.denied_by = response.denied_by or denial.check or "pipeline"
+        denied_by = denial.check or "pipeline"
+        response.denied_by = denied_by if replacing else response.denied_by or denied_by
         response.bytes_sent = len(body)
         response.complete = True
+        return status, headers, body
+
+    @staticmethod
+    async def _send_denial(status: int, headers: RawHeaders, body: bytes, send: Send) -> None:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

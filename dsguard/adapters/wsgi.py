@@ -1,7 +1,15 @@
 """WSGI middleware (Flask, Django, any WSGI app): the same pipeline, driven synchronously.
 
 Asynchronous checks run on one background event loop (the portal); the rest of the pipeline
-runs inline in the server's thread.
+runs inline in the server's thread, which waits there for asynchronous before-finish hooks.
+
+With before-finish hooks (see :meth:`~dsguard.context.RequestContext.before_finish`) the
+server's ``start_response`` is called just before the first body byte goes out (PEP 3333 allows
+it during the first iteration), and the hooks run before the chunk that completes the declared
+``Content-Length`` or, without one, once the app's iterable is exhausted (before the server ends
+a chunked body). A hook refusing before any byte was sent has its denial answered instead;
+after, iteration raises :class:`~dsguard.pipeline.ResponseAborted` and the server aborts the
+response.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from ..context import AfterHook, RequestContext, ResponseFilter, ResponseInfo, T
 from ..decision import Denial, PayloadTooLarge
 from ..errors import ClientDisconnected
 from ..guard import ErrorRenderer, Guard
+from ..pipeline import ResponseAborted
 from ..telemetry.endpoints import Endpoint
 
 Environ = dict[str, Any]
@@ -167,13 +176,18 @@ class GuardWSGIMiddleware:
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ctx.response_headers]
         extra.append((guard.config.pipeline.request_id_header, ctx.request_id))
         response_filter = ctx.response_filter
+        finish = None
+        if pipeline.has_finish_hooks(ctx):
+            finish = _Finish(start_response, lambda: run_inline(pipeline.before_finish(ctx, response, call)),
+                             lambda refusal: self._rendered(ctx, refusal, response))
+        server_start_response = start_response if finish is None else finish.start_response
 
         def guarded_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             response.status = int(status[:3])
             if response_filter is None:
-                return start_response(status, [*headers, *extra], exc_info)
+                return server_start_response(status, [*headers, *extra], exc_info)
             kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            write = start_response(status, [*kept, *extra], exc_info)
+            write = server_start_response(status, [*kept, *extra], exc_info)
             return lambda data: write(response_filter.feed(data))
 
         try:
@@ -181,7 +195,7 @@ class GuardWSGIMiddleware:
         except BaseException:
             self._finish(ctx, response, call)
             raise
-        return _Closing(result, lambda: self._finish(ctx, response, call), response, response_filter)
+        return _Closing(result, lambda: self._finish(ctx, response, call), response, response_filter, finish)
 
     def _answer(self, endpoint: Endpoint, environ: Environ, start_response: StartResponse) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
@@ -197,45 +211,118 @@ class GuardWSGIMiddleware:
 
     def _deny(self, ctx: RequestContext, denial: Denial, start_response: StartResponse, response: ResponseInfo,
               call: WSGICall) -> list[bytes]:
+        status, headers, body = self._rendered(ctx, denial, response)
+        pipeline = self.guard.pipeline
+        if pipeline.has_finish_hooks(ctx):
+            refusal = run_inline(pipeline.before_finish(ctx, response, call))
+            if refusal is not None:
+                status, headers, body = self._rendered(ctx, refusal, response)
+        start_response(status, headers)
+        self._finish(ctx, response, call)
+        return [body]
+
+    def _rendered(self, ctx: RequestContext, denial: Denial, response: ResponseInfo) -> _Answer:
+        """The status line, headers and body answering ``denial``, noted in ``response``."""
         status, headers, body = self.guard.render(ctx, denial)
         response.status = status
         response.denied_by = denial.check or "pipeline"
         response.complete = True
         response.bytes_sent = len(body)
-        start_response(_status_line(status), [*_str_headers(headers), ("Content-Length", str(len(body)))])
-        self._finish(ctx, response, call)
-        return [body]
+        return _status_line(status), [*_str_headers(headers), ("Content-Length", str(len(body)))], body
 
     def _finish(self, ctx: RequestContext, response: ResponseInfo, call: WSGICall) -> None:
         if self.guard.pipeline.has_after_hooks(ctx):
             run_inline(self.guard.pipeline.finish(ctx, response, call))
 
 
+_Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+class _Finish:
+    """Holds the response start until its first byte, and runs the before-finish hooks before its last chunk."""
+
+    def __init__(self, start_response: StartResponse, run: Callable[[], Denial | None],
+                 render: Callable[[Denial], _Answer]) -> None:
+        self._start_response = start_response
+        self._run = run
+        self._render = render
+        self._held: tuple[str, list[tuple[str, str]], Any] | None = None
+        self._write: Callable[[bytes], Any] | None = None
+        self._length: int | None = None
+        self._done = self.refused = self._wrote = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if self._write is not None:
+            return self._start_response(status, headers, exc_info)
+        self._held = (status, headers, exc_info)
+        length = next((v for k, v in headers if k.lower() == "content-length"), "")
+        self._length = int(length) if length.isdigit() else None
+        return self._legacy_write
+
+    def _legacy_write(self, data: bytes) -> Any:
+        self._release()
+        self._wrote = True
+        return self._write(data) if self._write is not None else None
+
+    def _release(self) -> None:
+        if self._held is not None:
+            status, headers, exc_info = self._held
+            self._held = None
+            self._write = self._start_response(status, headers, exc_info)
+
+    def before(self, chunk: bytes, sent: int, *, last: bool = False) -> bytes:
+        """What to send for ``chunk`` (the response start goes to the server first): ``chunk``, or, when the hooks
+        ran now and one refused before any byte was sent, the denial's body (``refused`` is then set)."""
+        if not self._done and (last or (self._length is not None and chunk and sent + len(chunk) >= self._length)):
+            self._done = True
+            refusal = self._run()
+            if refusal is not None:
+                if sent or self._wrote:
+                    raise ResponseAborted()
+                status, headers, chunk = self._render(refusal)
+                self._held, self.refused = (status, headers, None), True
+        if chunk or last:
+            self._release()
+        return chunk
+
+
 class _Closing:
-    """The app's response iterable; runs the after-hooks when the server closes it."""
+    """The app's response iterable; runs the before-finish hooks before its last chunk (see :class:`_Finish`) and
+    the after-hooks when the server closes it."""
 
     def __init__(self, result: Iterable[bytes], on_close: Callable[[], None], response: ResponseInfo,
-                 response_filter: ResponseFilter | None = None) -> None:
+                 response_filter: ResponseFilter | None = None, finish: _Finish | None = None) -> None:
         self._result = result
         self._on_close = on_close
         self._response = response
         self._filter = response_filter
+        self._finish = finish
 
     def __iter__(self) -> Iterator[bytes]:
-        response_filter = self._filter
+        response_filter, finish, response = self._filter, self._finish, self._response
         for chunk in self._result:
             if response_filter is not None:
                 chunk = response_filter.feed(chunk)
                 if not chunk:
                     continue
-            self._response.bytes_sent += len(chunk)
+            sent = response.bytes_sent
+            response.bytes_sent += len(chunk)
+            if finish is not None:
+                chunk = finish.before(chunk, sent)
+                if finish.refused:
+                    yield chunk
+                    return
+                if not chunk:
+                    continue
             yield chunk
-        if response_filter is not None:
-            tail = response_filter.finish()
-            if tail:
-                self._response.bytes_sent += len(tail)
-                yield tail
-        self._response.complete = True
+        tail = response_filter.finish() if response_filter is not None else b""
+        sent = response.bytes_sent
+        response.bytes_sent += len(tail)
+        if finish is not None:
+            tail = finish.before(tail, sent, last=True)
+        if tail:
+            yield tail
+        response.complete = True
 
     def close(self) -> None:
         try:

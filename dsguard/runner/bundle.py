@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from dsguard.crypto.weights import MemoryGraph, WeightsPolicy, check_manifest, encrypted_path, load_encrypted_graph
 from dsguard.runner.errors import BundleError
 from dsguard.runner.shape import ModelShape
 from dsguard.runner.tokenizer import ChatTokenizer
@@ -72,18 +73,25 @@ class Bundle:
     eos_token_ids: frozenset[int]
     dynamic_quantization: bool
     """Activations are quantized per call (not per row): batching would make requests change each other."""
+    memory: MemoryGraph | None = None
+    """The decrypted graph and external data of an encrypted bundle (never written to disk)."""
 
     @property
     def context_length(self) -> int:
         return self.shape.max_position_embeddings
 
 
-def open_bundle(directory: Path, dtype: str) -> Bundle:
-    """Read and check a bundle; raises BundleError naming the file and what does not match."""
+def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = None) -> Bundle:
+    """Read and check a bundle; raises BundleError naming the file and what does not match.
+
+    With a ``policy`` (``[runner]`` is one), the signed manifest is verified before anything else is read
+    (ManifestError), and an encrypted graph is decrypted into memory only (EnvelopeError, KeyProviderError).
+    """
     if dtype not in DTYPES:
         raise BundleError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}", file=directory)
     if not directory.is_dir():
         raise BundleError("model bundle directory does not exist", file=directory)
+    manifest = check_manifest(directory, policy)
     shape = ModelShape.from_config(_read_json(directory / "config.json"), source=str(directory / "config.json"))
     eos = _generation_eos(directory / "generation_config.json")
     model_path = directory / "onnx" / model_filename(dtype)
@@ -91,14 +99,16 @@ def open_bundle(directory: Path, dtype: str) -> Bundle:
     genai_path = directory / "genai_config.json"
     if not model_path.is_file() and genai_path.is_file():
         model_path, names = _genai_decoder(genai_path)
-    if not model_path.is_file():
+    sealed = encrypted_path(model_path).is_file()
+    if not sealed and not model_path.is_file():
         raise BundleError(f"no ONNX graph for dtype {dtype!r}", file=model_path)
+    memory = load_encrypted_graph(directory, model_path, policy, manifest) if sealed else None
     tokenizer = ChatTokenizer.from_bundle(directory)
-    graph = _GraphCheck(model_path, names, shape)
+    graph = _GraphCheck(model_path, names, shape, memory)
     return Bundle(directory=directory, dtype=dtype, model_path=model_path, shape=shape, tokenizer=tokenizer,
                   names=names, kv_dtype=graph.kv_dtype, logits_dtype=graph.logits_dtype,
                   eos_token_ids=frozenset(tokenizer.eos_token_ids) | eos,
-                  dynamic_quantization=graph.dynamic_quantization)
+                  dynamic_quantization=graph.dynamic_quantization, memory=memory)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -153,10 +163,10 @@ def _genai_decoder(path: Path) -> tuple[Path, GraphNames]:
 class _GraphCheck:
     """The decoder graph's I/O against the contract and ``config.json``, read without external weights."""
 
-    def __init__(self, path: Path, names: GraphNames, shape: ModelShape) -> None:
+    def __init__(self, path: Path, names: GraphNames, shape: ModelShape, memory: MemoryGraph | None = None) -> None:
         self.path = path
         try:
-            model = onnx.load(str(path), load_external_data=False)
+            model = memory.model() if memory is not None else onnx.load(str(path), load_external_data=False)
         except Exception as error:  # onnx raises DecodeError, OSError and others for a damaged file
             raise BundleError(f"not a readable ONNX model: {error}", file=path) from None
         ops = {node.op_type for node in model.graph.node}

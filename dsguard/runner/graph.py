@@ -10,7 +10,7 @@ RMSNorm statistics and the softmax in fp32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -269,3 +269,17 @@ class _Decoder:
         activated = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{scope}/act_fn/Sigmoid")], f"{scope}/act_fn/Mul")
         product = g.op("Mul", [activated, up], f"{scope}/Mul")
         return g.op("MatMul", [product, self.weight(f"{name}.down_proj.weight")], f"{scope}/down_proj/MatMul")
+
+
+def graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor attributes, subgraphs included: every tensor that may sit in external data."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from graph_tensors(subgraph)

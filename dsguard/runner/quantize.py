@@ -19,6 +19,7 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from dsguard.runner.bundle import Bundle, model_filename, open_bundle
 from dsguard.runner.errors import BundleError
+from dsguard.runner.graph import graph_tensors
 from dsguard.runner.session import default_threads, session_options
 
 ProgressCallback = Callable[[int, int], None]
@@ -89,23 +90,11 @@ def _quiet_preprocessing_advice() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and tensor attributes, subgraphs included: every tensor that may sit in external data."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _tensors(subgraph)
-
-
 def _rename_external_data(target: Path, location: str) -> None:
     """Point a graph's external tensors at ``location`` and rename the one file they share to it."""
     model = onnx.load(str(target), load_external_data=False)
     old_locations = set()
-    for tensor in _tensors(model.graph):
+    for tensor in graph_tensors(model.graph):
         for entry in tensor.external_data:
             if entry.key == "location":
                 old_locations.add(entry.value)

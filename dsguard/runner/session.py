@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from dsguard.runner.bundle import Bundle
 from dsguard.runner.errors import BundleError
 from dsguard.runner.fused_attention import ATTENTION_BIAS, SEQLENS, TOTAL_LENGTH, AttentionBias
 from dsguard.runner.fusion import fuse_decoder
-from dsguard.runner.kvcache import KVCache, KVOps, device_of
+from dsguard.runner.kvcache import KVCache, KVOps, PaddingMask, device_of
 
 logger = logging.getLogger("dsguard.runner")
 
@@ -50,25 +50,37 @@ def choose_providers(preferred: Sequence[str]) -> list[str]:
 
 
 def default_threads(parameters: int, cores: int | None = None) -> int:
-    """Intra-op threads for decoding: one for tiny models, where handing work to threads costs more than it saves."""
-    cores = cores or os.cpu_count() or 1
+    """Intra-op threads for decoding: one for tiny models, where handing work to threads costs more than it
+    saves (a plan may add a second session, see :mod:`dsguard.runner.threadplan`), else up to 8 cores."""
+    cores = cores or available_cores()
     if parameters < 20_000_000:
         return 1
     return max(1, min(cores, 8))
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def available_cores() -> int:
+    """Cores this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def session_options(threads: int, *, spin: bool = False) -> ort.SessionOptions:
     """Options for token-by-token decoding: all graph optimizations, sequential execution, fixed threads.
 
-    Worker threads sleep rather than spin between kernels: spinning threads compete with the host
-    application (and each other) for cores, which made medium-size decoding 2x slower on a busy machine.
+    Worker threads sleep rather than spin between kernels unless ``spin``: spinning threads compete with
+    the host application (and each other) for cores, which made medium-size decoding 2x slower on a busy
+    machine. Work is split into blocks handed out as threads free up, so one thread the OS delays does
+    not hold up every kernel: so, two threads decode the medium model about as fast as one on a busy
+    two-core machine (30% faster than without it) and 1.6-1.9x faster than one on a quiet one.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if threads > 1 and not spin:
+        options.add_session_config_entry("session.dynamic_block_base", "4")
     options.log_severity_level = 3
     return options
 
@@ -77,16 +89,20 @@ class DecoderSession:
     """One loaded decoder graph and the steps that drive it."""
 
     def __init__(self, bundle: Bundle, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int | None = None, *, fuse: bool = True) -> None:
+                 threads: int | None = None, *, fuse: bool = True, spin: bool = False) -> None:
         self.bundle = bundle
         shape = bundle.shape
         self.threads = threads or default_threads(shape.num_parameters())
+        self.spin = spin
         chosen = choose_providers(providers)
         self.session = self._load(chosen, fuse)
+        if bundle.memory is not None:
+            bundle.memory.release()
         self.provider = self.session.get_providers()[0]
         self.device = DEVICES.get(self.provider, "cpu")
-        logger.info("runner %s: provider %s (device %s), %d thread(s), %s", bundle.model_path.name, self.provider,
-                    self.device, self.threads, "fused graph" if self.fused else "graph as exported")
+        logger.info("runner %s: provider %s (device %s), %d %sthread(s), %s", bundle.model_path.name, self.provider,
+                    self.device, self.threads, "spinning " if spin else "",
+                    "fused graph" if self.fused else "graph as exported")
         names = bundle.names
         self.names = names
         self.past_names = names.past(shape.num_hidden_layers)
@@ -94,51 +110,68 @@ class DecoderSession:
         self.vocab_size = shape.vocab_size
         self._kv_shape = (shape.num_key_value_heads, shape.head_dim)
         self._native = self.session._sess
-        self._io = C.SessionIOBinding(self._native)
         self._device = device_of(self.device)
         self._cpu = device_of("cpu")
-        self._constants: dict[tuple[np.dtype[Any], int], npt.NDArray[Any]] = {}
         self._attention_name = ATTENTION_BIAS if self.bias is not None else names.attention_mask
+        self._present_slots = range(1, len(self.present_names) + 1)
+        self.kv = KVOps(len(self.past_names), bundle.kv_dtype, chosen, self.device)
+        self._reset_io()
+
+    def _reset_io(self) -> None:
+        """The IO binding and the host buffers steps reuse."""
+        self._io = C.SessionIOBinding(self._native)
+        self._constants: dict[tuple[np.dtype[Any], int], npt.NDArray[Any]] = {}
+        bias = self.bias
+        self._masks = PaddingMask(np.dtype(np.int64), 0, 1) if bias is None else PaddingMask(
+            np.dtype(bias.dtype), bias.fill, 0.0, bias.groups)
         self._attention_values: npt.NDArray[Any] = np.ones(0, dtype=np.int64)
-        self._in_place = self.bias is not None and self.bias.lengths
         self._seqlens: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
         self._total: npt.NDArray[np.int32] = np.zeros((), dtype=np.int32)
         self._bound: list[Any] | None = None
         self._rows = 0
         self._ids: IntArray = np.zeros(0, dtype=np.int64)
         self._positions: IntArray = np.zeros(0, dtype=np.int64)
-        self._logits: npt.NDArray[Any] = np.empty((0, 1, self.vocab_size), dtype=bundle.logits_dtype)
+        self._logits: npt.NDArray[Any] = np.empty((0, 1, self.vocab_size), dtype=self.bundle.logits_dtype)
         self._last_logits = self._logits[:, 0, :]
-        self._present_slots = range(1, len(self.present_names) + 1)
         self._arange = np.arange(self.bundle.context_length + 1, dtype=np.int64)
-        self.kv = KVOps(len(self.past_names), bundle.kv_dtype, chosen, self.device)
 
     def _load(self, providers: list[str], fuse: bool) -> ort.InferenceSession:
         path = self.bundle.model_path
-        options = session_options(self.threads)
+        memory = self.bundle.memory
+        options = session_options(self.threads, spin=self.spin)
         self.fused = False
         self.bias: AttentionBias | None = None
+        self._in_place = False
         # The fused kernels are checked on the CPU provider only; other providers run the graph as exported.
         if fuse and providers[0] == "CPUExecutionProvider":
             try:
-                model = onnx.load(str(path), load_external_data=False)
+                model = memory.model() if memory is not None else onnx.load(str(path), load_external_data=False)
                 report = fuse_decoder(model, max_positions=self.bundle.context_length)
                 if report.total:
-                    options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
+                    if memory is not None:
+                        memory.add_to(options)
+                    else:
+                        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
                     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-                    self.fused, self.bias = True, report.bias
+                    self.fused, self.bias, self._in_place = True, report.bias, report.attention > 0
                     return session
             except Exception as error:  # the graph as exported still runs; say why it was not fused
                 logger.warning("%s: running the graph unfused (%s)", path, error)
-                options = session_options(self.threads)
+                options = session_options(self.threads, spin=self.spin)
         try:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            if memory is None:
+                return ort.InferenceSession(str(path), options, providers=providers)
+            memory.add_to(options)
+            return ort.InferenceSession(memory.graph, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BundleError(f"onnxruntime cannot load the graph: {error}", file=path) from None
 
     @property
     def in_place(self) -> bool:
-        """The fused graph appends to the cache buffers in place (GroupQueryAttention) instead of concatenating."""
+        """The fused graph appends to the cache buffers in place (GroupQueryAttention) instead of concatenating.
+
+        Its rows keep their own lengths (never padded): a row's cached positions are its position count.
+        """
         return self._in_place
 
     def empty_cache(self, rows: int = 1, capacity: int = 0) -> KVCache:
@@ -155,46 +188,53 @@ class DecoderSession:
 
     def prefill(self, prompt: Sequence[int]) -> tuple[npt.NDArray[Any], KVCache]:
         """Runs a prompt alone (batch of one); returns the last position's logits ``[vocab]`` and the cache."""
+        *_, done = self.prefill_chunks(prompt)
+        assert done is not None
+        return done
+
+    def prefill_chunks(self, prompt: Sequence[int]) -> Iterator[tuple[npt.NDArray[Any], KVCache] | None]:
+        """``prefill`` one chunk of up to ``PREFILL_CHUNK`` tokens per item: None for each chunk but the last,
+        then the last position's logits and the cache. Decode steps may run between two chunks."""
         if not prompt:
             raise ValueError("prefill needs at least one prompt token")
         ids = np.asarray(prompt, dtype=np.int64).reshape(1, -1)
         cache = self.empty_cache(1, self.room(ids.shape[1]))
-        self._io.clear_binding_outputs()
-        self._rows = 0
-        self._bound = None
         for start in range(0, ids.shape[1], PREFILL_CHUNK):
+            self._io.clear_binding_outputs()
+            self._rows = 0
+            self._bound = None
             chunk = np.ascontiguousarray(ids[:, start:start + PREFILL_CHUNK])
             end = start + chunk.shape[1]
             last = end == ids.shape[1]
             positions = np.arange(start, end, dtype=np.int64).reshape(1, -1)
             self._io.bind_output(self.names.logits, self._cpu if last else self._device)
             self._bind(chunk, positions, cache)
-            self._bind_attention(self._prompt_attention(start, end))
+            if not self._in_place:
+                self._bind_attention(self._prompt_attention(start, end))
             lengths = self._bind_lengths(np.array([end - 1], dtype=np.int32), np.array(end, dtype=np.int32))
             cache = self._run(cache, end)
             del lengths
-        logits = self._io.get_outputs()[0].numpy()
-        return logits[0, -1], cache
+            yield (self._io.get_outputs()[0].numpy()[0, -1], cache) if last else None
 
     def decode(self, cache: KVCache, tokens: IntArray, positions: IntArray,
                pads: IntArray | None = None) -> tuple[npt.NDArray[Any], KVCache]:
-        """One step for every row: ``tokens`` and ``positions`` ``[rows]``, ``pads`` the left padding per row.
+        """One step for every row: ``tokens`` and ``positions`` ``[rows]``, ``pads`` the left padding per row
+        (always None for in-place graphs, whose rows hold ``positions[row]`` positions each).
 
         Returns the logits ``[rows, vocab]`` (a buffer the next step overwrites) and the grown cache.
         """
-        rows, total = cache.rows, cache.length + 1
+        rows = cache.rows
+        total = int(positions.max()) + 1 if self._in_place else cache.length + 1
         if total > self.bundle.context_length:
             raise ValueError(f"a step to {total} positions passes the context length {self.bundle.context_length}")
         if rows != self._rows:
             self._resize(rows)
         self._ids[:, 0] = tokens
         self._positions[:, 0] = positions
-        if self._in_place:
-            self._seqlens.fill(total - 1)
-            self._total.fill(total)
-        self._bind_attention(self._step_attention(rows, total, pads))
         io = self._io
         if self._in_place:
+            self._seqlens[:] = positions
+            self._total.fill(total)
             if total > cache.capacity:
                 cache = self.kv.select(cache, np.arange(rows), 0, self.room(total))
             if cache.values is not self._bound:
@@ -202,6 +242,7 @@ class DecoderSession:
             self._native.run_with_iobinding(io, None)
             cache.length = total
             return self._last_logits, cache
+        self._bind_attention(self._step_attention(rows, total, pads))
         for name, value in zip(self.past_names, cache.values, strict=True):
             io.bind_ortvalue_input(name, value)
         device = self._device
@@ -233,18 +274,12 @@ class DecoderSession:
     def _step_attention(self, rows: int, total: int, pads: IntArray | None) -> npt.NDArray[Any]:
         """The attention mask (or the graph's bias input) for one decode step."""
         bias = self.bias
-        padded = pads is not None and bool(pads.any())
+        if pads is not None and bool(pads.any()):
+            return self._masks.rows(pads, total)
         if bias is None:
-            if not padded:
-                return self._constant(rows * total, np.dtype(np.int64), 1).reshape(rows, total)
-            assert pads is not None
-            return (self._range(total) >= pads[:, None]).astype(np.int64)
+            return self._constant(rows * total, np.dtype(np.int64), 1).reshape(rows, total)
         dtype = np.dtype(bias.dtype)
-        if not padded:
-            return self._constant(rows * bias.groups * total, dtype, 0).reshape(rows, 1, bias.groups, total)
-        assert pads is not None
-        row = np.where(self._range(total) < pads[:, None], bias.fill, 0.0).astype(dtype)
-        return np.ascontiguousarray(np.broadcast_to(row[:, None, None, :], (rows, 1, bias.groups, total)))
+        return self._constant(rows * bias.groups * total, dtype, 0).reshape(rows, 1, bias.groups, total)
 
     def _prompt_attention(self, start: int, end: int) -> npt.NDArray[Any]:
         """Mask or bias for prompt positions ``start..end`` of one row, with ``start`` positions already cached."""
@@ -307,8 +342,9 @@ class DecoderSession:
         return KVCache([outputs[i] for i in self._present_slots], cache.rows, total)
 
     def merge(self, first: KVCache, second: KVCache) -> KVCache:
-        """Rows of ``first`` then rows of ``second``, the shorter left-padded to the longer's length."""
-        return self.kv.merge(first, second, self.room(max(first.length, second.length)))
+        """Rows of ``first`` then rows of ``second``: the shorter left-padded to the longer's length, or (in-place
+        graphs) each row keeping its own length."""
+        return self.kv.merge(first, second, self.room(max(first.length, second.length)), ragged=self._in_place)
 
     def select(self, cache: KVCache, rows: IntArray, drop: int) -> KVCache:
         """Only the given rows, without the first ``drop`` positions (padding that every kept row has)."""
