@@ -28,8 +28,10 @@ from dsguard.runner.engine import (
 )
 from dsguard.runner.errors import BundleError
 from dsguard.runner.genai import write_genai_config
+from dsguard.runner.generation import Wakes
 from dsguard.runner.sampling import SamplingParams
 from dsguard.runner.session import DecoderSession
+from dsguard.runner.threadplan import BLOCK, TRIAL_BLOCKS, ThreadPlan, wide_session
 from dsguard.runner.tiny import ensure_bundled
 
 GREEDY = SamplingParams(temperature=0)
@@ -52,6 +54,11 @@ def engines(bundle: Path) -> Iterator[dict[str, Engine]]:
     """Engines on the fused graphs, and one on the graph as exported (the path other providers take)."""
     opened = {dtype: make_engine(bundle, dtype, max_concurrency=4, max_queue=16) for dtype in ("fp32", "q4", "int8")}
     opened["fp32-exported"] = make_engine(bundle, "fp32", fuse=False, max_concurrency=4, max_queue=16)
+    loaded = open_bundle(bundle, "fp32")
+    narrow = DecoderSession(loaded)
+    plan = ThreadPlan(narrow, DecoderSession(loaded, threads=2, spin=True))
+    opened["fp32-two-sessions"] = Engine(narrow, loaded.tokenizer, model_id="tiny-deepseek", max_concurrency=4,
+                                         max_queue=16, plan=plan)
     yield opened
     for engine in opened.values():
         engine.close()
@@ -129,7 +136,7 @@ def test_fused_graph_computes_what_the_exported_graph_computes(bundle: Path, dty
         b = b[0].copy()
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "q4", "fp32-exported"])
+@pytest.mark.parametrize("dtype", ["fp32", "q4", "fp32-exported", "fp32-two-sessions"])
 def test_batched_outputs_equal_single_runs(engines: dict[str, Engine], dtype: str) -> None:
     engine = engines[dtype]
     requests = [request(engine, q, n) for q, n in zip(QUESTIONS, (300, 37, 90, 61), strict=True)]
@@ -140,6 +147,120 @@ def test_batched_outputs_equal_single_runs(engines: dict[str, Engine], dtype: st
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     assert [(c.text, c.reasoning, c.finish_reason) for c in together] == [
         (c.text, c.reasoning, c.finish_reason) for c in alone]
+
+
+def decode_rows(session: DecoderSession, prompts: list[list[int]], steps: int, *,
+                together: bool) -> list[list[np.ndarray]]:
+    """Greedy logits of each prompt's first ``steps`` decode steps, the rows decoded as one batch or one by one."""
+    if not together:
+        return [decode_rows(session, [p], steps, together=True)[0] for p in prompts]
+    prefilled = [session.prefill(p) for p in prompts]
+    cache = prefilled[0][1]
+    for _, other in prefilled[1:]:
+        cache = session.merge(cache, other)
+    tokens = np.array([int(logits.argmax()) for logits, _ in prefilled])
+    positions = np.array([len(p) for p in prompts])
+    rows: list[list[np.ndarray]] = [[] for _ in prompts]
+    for _ in range(steps):
+        logits, cache = session.decode(cache, tokens, positions)
+        for row, values in zip(rows, logits, strict=True):
+            row.append(values.copy())
+        tokens, positions = logits.argmax(axis=1), positions + 1
+    return rows
+
+
+PROMPTS = [list(range(5, 45)), list(range(100, 117)), list(range(300, 370)), [9, 8, 7]]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q4"])
+def test_rows_of_different_lengths_decode_to_the_same_bits_batched_as_alone(bundle: Path, dtype: str) -> None:
+    session = DecoderSession(open_bundle(bundle, dtype))
+    assert session.in_place
+    together = decode_rows(session, PROMPTS, 12, together=True)
+    alone = decode_rows(session, PROMPTS, 12, together=False)
+    assert all(np.array_equal(a, b) for row_a, row_b in zip(together, alone, strict=True)
+               for a, b in zip(row_a, row_b, strict=True))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q4"])
+def test_two_spinning_threads_compute_the_same_bits_as_one(bundle: Path, dtype: str) -> None:
+    loaded = open_bundle(bundle, dtype)
+    one = decode_rows(DecoderSession(loaded), PROMPTS, 8, together=True)
+    two = decode_rows(DecoderSession(loaded, threads=2, spin=True), PROMPTS, 8, together=True)
+    assert all(np.array_equal(a, b) for row_a, row_b in zip(one, two, strict=True)
+               for a, b in zip(row_a, row_b, strict=True))
+
+
+def run_trial(plan: ThreadPlan, rows: int, narrow: float, wide: float) -> list[DecoderSession]:
+    """Steps one trial of ``rows`` on a made-up clock: ``narrow`` / ``wide`` seconds per step of each session."""
+    used: list[DecoderSession] = []
+    now = 0.0
+    plan.pause()
+    for _ in range(2 * TRIAL_BLOCKS * BLOCK + 1):
+        session = plan.pick(rows, now)
+        used.append(session)
+        now += narrow if session is plan.sessions[0] else wide
+    return used[:-1]
+
+
+def test_thread_plan_tries_both_sessions_then_keeps_the_faster_per_batch_size(bundle: Path) -> None:
+    loaded = open_bundle(bundle, "fp32")
+    plan = ThreadPlan(DecoderSession(loaded), DecoderSession(loaded, threads=2, spin=True))
+    used = run_trial(plan, 4, narrow=0.002, wide=0.001)
+    assert used.count(plan.sessions[0]) == used.count(plan.sessions[1]) == TRIAL_BLOCKS * BLOCK
+    run_trial(plan, 1, narrow=0.001, wide=0.002)
+    assert (plan.chosen(4), plan.chosen(1)) == (1, 0)
+    assert plan.pick(4, 100.0) is plan.sessions[1] and plan.pick(1, 100.1) is plan.sessions[0]
+
+
+def test_a_second_session_is_paired_only_with_a_small_one_thread_cpu_model(bundle: Path) -> None:
+    session = DecoderSession(open_bundle(bundle, "fp32"))
+    wide = wide_session(session, cores=2)
+    assert wide is not None and (wide.threads, wide.spin) == (2, True)
+    assert wide_session(session, cores=1) is None
+    assert wide_session(DecoderSession(open_bundle(bundle, "fp32"), threads=2), cores=4) is None
+
+
+def test_wake_rounds_wait_for_the_interval_unless_forced() -> None:
+    wakes = Wakes(interval=10.0)
+    woken = [threading.Event() for _ in range(3)]
+    try:
+        wakes.add(woken[0].set)
+        wakes.send(100.0)
+        wakes.add(woken[1].set)
+        wakes.send(105.0)
+        assert woken[0].wait(5) and wakes.pending == 1
+        wakes.send(110.0)
+        wakes.add(woken[2].set)
+        wakes.send(111.0, force=True)
+        assert woken[1].wait(5) and woken[2].wait(5) and wakes.pending == 0
+    finally:
+        wakes.close()
+
+
+def test_concurrent_readers_on_one_loop_each_receive_their_own_stream(engines: dict[str, Engine]) -> None:
+    engine = engines["q4"]
+    requests = [request(engine, q, 40, reasoning=False) for q in QUESTIONS]
+    expected = [engine.generate(item, timeout=30).text for item in requests]
+
+    async def read_all() -> list[str]:
+        async def read(item: GenerationRequest) -> str:
+            return "".join([delta.content async for delta in engine.submit(item)])
+
+        return list(await asyncio.gather(*(read(item) for item in requests)))
+
+    assert asyncio.run(read_all()) == expected
+
+
+def test_a_long_prompt_is_prefilled_between_the_steps_of_running_requests(bundle: Path) -> None:
+    with make_engine(bundle, max_concurrency=2, max_queue=0) as engine:
+        running = engine.submit(request(engine, QUESTIONS[1], 12))
+        long_prompt = tuple(20 + i % 2000 for i in range(15 * 256))
+        arriving = engine.submit(GenerationRequest(long_prompt, 1, GREEDY))
+        assert running.collect(timeout=30).completion_tokens == 12
+        assert arriving.collect(timeout=60).completion_tokens == 1
+    assert running.last_token_at is not None and arriving.first_token_at is not None
+    assert running.last_token_at < arriving.first_token_at
 
 
 def test_dynamic_int8_graph_is_detected_and_not_batched(bundle: Path, engines: dict[str, Engine]) -> None:

@@ -1,8 +1,11 @@
 """The generation engine: bounded admission and one scheduler thread doing continuous batching.
 
 At most ``max_concurrency`` sequences decode at once and at most ``max_queue`` wait; memory is bounded
-by these and the context length. A new sequence is prefilled alone, then joins the running batch, whose
-key/value cache is left-padded to its longest row; finished or cancelled rows leave it at once.
+by these and the context length. A new sequence is prefilled alone, in chunks taken between the decode
+steps of the running batch (a long prompt delays those by one chunk at a time, not by the whole prompt),
+then joins the batch, whose rows keep their own lengths (fused graphs) or are left-padded to the longest
+(graphs as exported); finished or cancelled rows leave it at once. Small models may also have a
+two-thread session, used for the batch sizes it measured faster on (:mod:`dsguard.runner.threadplan`).
 Graphs that quantize activations per call (dynamic int8) are not batch-invariant: their sequences
 decode one at a time per step, in turn, so one request can never change another's output.
 """
@@ -15,20 +18,23 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from dsguard.config import RunnerConfig
 from dsguard.errors import DSGuardError
+from dsguard.runner.batch import Batch
 from dsguard.runner.bundle import open_bundle
 from dsguard.runner.generation import Completion, Generation, Wakes
 from dsguard.runner.kvcache import KVCache
 from dsguard.runner.sampling import Sampler, SamplingParams
-from dsguard.runner.session import DecoderSession
+from dsguard.runner.session import PREFILL_CHUNK, DecoderSession, available_cores
 from dsguard.runner.text import Delta, TextAssembler
+from dsguard.runner.threadplan import ThreadPlan, wide_session
 from dsguard.runner.tiny import resolve_model
 from dsguard.runner.tokenizer import ChatTokenizer
 
@@ -94,6 +100,8 @@ class _Sequence:
     sampler: Sampler
     position: int = 0
     generated: int = 0
+    prefill: Iterator[tuple[npt.NDArray[Any], KVCache] | None] | None = None
+    prefilled: int = 0
 
 
 def _plain_greedy(sequences: Sequence[_Sequence]) -> bool:
@@ -101,28 +109,15 @@ def _plain_greedy(sequences: Sequence[_Sequence]) -> bool:
     return all(s.sampler.params.greedy and s.sampler.params.repetition_penalty == 1.0 for s in sequences)
 
 
-class _Batch:
-    """Sequences decoding together, their cache left-padded to a common length."""
-
-    def __init__(self, cache: KVCache, sequences: list[_Sequence], tokens: list[int]) -> None:
-        self.cache = cache
-        self.sequences = sequences
-        self.tokens = np.array(tokens, dtype=np.int64)
-        self.positions = np.array([s.position for s in sequences], dtype=np.int64)
-        self.pads = np.zeros(len(sequences), dtype=np.int64)
-        self.padded = False
-        self.cancels_seen = -1
-        self.greedy = _plain_greedy(sequences)
-
-
 class Engine:
     """Runs generations on one decoder session; ``submit`` is thread-safe, results stream per request."""
 
     def __init__(self, session: DecoderSession, tokenizer: ChatTokenizer, *, model_id: str, max_concurrency: int = 4,
-                 max_queue: int = 64, batching: bool | None = None) -> None:
+                 max_queue: int = 64, batching: bool | None = None, plan: ThreadPlan | None = None) -> None:
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.session = session
+        self.plan = plan
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.provider = session.provider
@@ -137,7 +132,8 @@ class Engine:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        self._batches: list[_Batch] = []
+        self._batches: list[Batch[_Sequence]] = []
+        self._prefilling: collections.deque[_Sequence] = collections.deque()
         self._running = 0
         self._completed = 0
         self._generated = 0
@@ -153,12 +149,13 @@ class Engine:
     def open(cls, config: RunnerConfig, *, threads: int | None = None) -> Engine:
         """Resolves ``config.model`` (building the bundled model on first use) and loads its ``dtype`` graph."""
         directory = resolve_model(config.model, dtypes=(config.dtype,))
-        bundle = open_bundle(directory, config.dtype)
+        bundle = open_bundle(directory, config.dtype, policy=config)
         session = DecoderSession(bundle, config.providers, threads)
+        wide = wide_session(session, available_cores()) if threads is None else None
         model_id = config.model.removeprefix("bundled:") if config.model.startswith("bundled:") else Path(
             config.model).name
         return cls(session, bundle.tokenizer, model_id=model_id, max_concurrency=config.max_concurrency,
-                   max_queue=config.max_queue)
+                   max_queue=config.max_queue, plan=ThreadPlan(session, wide) if wide is not None else None)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Queues a request; raises EngineOverloaded when the queue is full, PromptTooLong when it cannot fit."""
@@ -224,7 +221,7 @@ class Engine:
 
     def _retry_after(self) -> int:
         rate = self._rate()
-        running = [s for batch in self._batches for s in batch.sequences]
+        running = [s for batch in self._batches for s in batch.rows]
         if rate <= 0 or not running:
             return 1
         soonest = min(s.request.max_tokens - s.generated for s in running)
@@ -245,8 +242,10 @@ class Engine:
     def _serve(self) -> None:
         try:
             while True:
-                if (self._waiting or not self._batches or self._closed) and not self._admit():
+                if (self._waiting or not (self._batches or self._prefilling) or self._closed) and not self._admit():
                     return
+                if self._prefilling:
+                    self._prefill()
                 batches = self._batches
                 if len(batches) == 1:
                     self._step(batches[0])
@@ -258,8 +257,9 @@ class Engine:
         finally:
             with self._lock:
                 self._closed = True
-                leftovers = [*self._waiting, *(s for batch in self._batches for s in batch.sequences)]
+                leftovers = [*self._waiting, *self._prefilling, *(s for batch in self._batches for s in batch.rows)]
                 self._waiting.clear()
+                self._prefilling.clear()
                 self._batches.clear()
                 self._running = 0
             for sequence in leftovers:
@@ -267,62 +267,72 @@ class Engine:
             self._wakes.close()
 
     def _admit(self) -> bool:
-        """Waits for work, then prefills what fits; False once the engine is closed."""
+        """Waits for work, then queues what fits for prefilling; False once the engine is closed."""
         with self._lock:
-            while not self._closed and not self._waiting and not self._batches:
+            while not self._closed and not self._waiting and not self._batches and not self._prefilling:
+                if self.plan is not None:
+                    self.plan.pause()
                 self._work.wait()
             if self._closed:
                 return False
-            admitted = []
             while self._waiting and self._running < self.max_concurrency:
-                admitted.append(self._waiting.popleft())
+                self._prefilling.append(self._waiting.popleft())
                 self._running += 1
-        for sequence in admitted:
-            self._start(sequence)
         return True
 
-    def _start(self, sequence: _Sequence) -> None:
-        """Prefills a sequence alone and adds it to a batch (or ends it, if its first token ends it)."""
+    def _prefill(self) -> None:
+        """Prefills queued prompts, oldest first, one chunk after another until ``PREFILL_CHUNK`` prompt tokens
+        were run: a long prompt then only delays the running sequences' next step by one chunk's time."""
+        budget = PREFILL_CHUNK
+        while self._prefilling and budget > 0:
+            sequence = self._prefilling[0]
+            if sequence.generation.cancelled:
+                self._prefilling.popleft()
+                self._finish(sequence, "cancelled")
+                continue
+            prompt = sequence.request.prompt_ids
+            if sequence.prefill is None:
+                sequence.prefill = self.session.prefill_chunks(prompt)
+            budget -= min(PREFILL_CHUNK, len(prompt) - sequence.prefilled)
+            sequence.prefilled += PREFILL_CHUNK
+            done = next(sequence.prefill)
+            if done is not None:
+                self._prefilling.popleft()
+                sequence.prefill = None
+                self._start(sequence, *done)
+        if self.plan is not None:
+            self.plan.pause()
+
+    def _start(self, sequence: _Sequence, logits: npt.NDArray[Any], cache: KVCache) -> None:
+        """Samples a prefilled sequence's first token and adds it to a batch (or ends it, if that token ends it)."""
         generation = sequence.generation
-        if generation.cancelled:
-            self._finish(sequence, "cancelled")
-            return
-        prompt = sequence.request.prompt_ids
-        logits, cache = self.session.prefill(prompt)
-        sequence.position = len(prompt)
+        sequence.position = len(sequence.request.prompt_ids)
         token = sequence.sampler(logits)
-        self._record(1)
-        if not self._advance(sequence, token):
+        if not self._advance(sequence, token, self._record(1)):
             return
         self._wakes.send(time.monotonic(), force=True)
         generation.hand_over(HAND_OVER)
-        single = _Batch(cache, [sequence], [token])
+        single = Batch(cache, [sequence], [token], [sequence.position])
+        single.greedy = _plain_greedy(single.rows)
         if not self.batching or not self._batches:
             self._batches.append(single)
             return
         batch = self._batches[0]
-        merged = self.session.merge(batch.cache, single.cache)
-        grown = merged.length - batch.cache.length
-        batch.pads += grown
-        batch.cache = merged
-        batch.sequences.append(sequence)
-        batch.tokens = np.append(batch.tokens, token)
-        batch.positions = np.append(batch.positions, sequence.position)
-        batch.pads = np.append(batch.pads, merged.length - cache.length)
-        batch.padded = bool(batch.pads.any())
+        batch.join(self.session, single)
         batch.greedy = batch.greedy and single.greedy
 
-    def _step(self, batch: _Batch) -> None:
+    def _step(self, batch: Batch[_Sequence]) -> None:
         """One decode step for every row of ``batch``; rows that end leave it."""
         if self._cancels != batch.cancels_seen:
             batch.cancels_seen = self._cancels
-            self._keep(batch, [i for i, s in enumerate(batch.sequences) if not self._dropped(s)])
-            if not batch.sequences:
+            self._keep(batch, [i for i, s in enumerate(batch.rows) if not self._dropped(s)])
+            if not batch.rows:
                 return
-        logits, batch.cache = self.session.decode(batch.cache, batch.tokens, batch.positions,
-                                                  batch.pads if batch.padded else None)
+        rows, plan = len(batch.rows), self.plan
+        session = plan.pick(rows, time.perf_counter()) if plan is not None else self.session
+        logits, batch.cache = session.decode(batch.cache, batch.tokens, batch.positions, batch.padding)
         batch.positions += 1
-        sequences = batch.sequences
+        sequences = batch.rows
         if batch.greedy:
             chosen: Sequence[int] | npt.NDArray[np.int64] = logits.argmax(axis=1)
         else:
@@ -331,22 +341,22 @@ class Engine:
         keep = []
         for index, sequence in enumerate(sequences):
             token = int(chosen[index])
-            if self._advance(sequence, token):
+            if self._advance(sequence, token, now):
                 batch.tokens[index] = token
                 keep.append(index)
         self._wakes.send(now)
         if len(keep) < len(sequences):
             self._keep(batch, keep)
 
-    def _advance(self, sequence: _Sequence, token: int) -> bool:
+    def _advance(self, sequence: _Sequence, token: int, now: float) -> bool:
         """Hands a new token to the generation; False when the sequence ends with it."""
         sequence.generated += 1
         generation = sequence.generation
         if token in self._eos:
-            self._wakes.add(generation.push(token, text=False))
+            self._wakes.add(generation.push(token, now, text=False))
             self._finish(sequence, "stop")
             return False
-        self._wakes.add(generation.push(token))
+        self._wakes.add(generation.push(token, now))
         if sequence.generated >= sequence.request.max_tokens:
             self._finish(sequence, "length")
             return False
@@ -361,22 +371,12 @@ class Engine:
             return True
         return False
 
-    def _keep(self, batch: _Batch, rows: list[int]) -> None:
-        """Compacts the batch to ``rows``, trimming padding that every remaining row has."""
+    def _keep(self, batch: Batch[_Sequence], rows: list[int]) -> None:
+        """Compacts the batch to ``rows``; an emptied batch is dropped."""
+        batch.keep(self.session, rows)
         if not rows:
             self._batches.remove(batch)
-            batch.sequences = []
-            return
-        index = np.array(rows, dtype=np.int64)
-        pads = batch.pads[index]
-        drop = int(pads.min())
-        batch.cache = self.session.select(batch.cache, index, drop)
-        batch.sequences = [batch.sequences[i] for i in rows]
-        batch.tokens = batch.tokens[index]
-        batch.positions = batch.positions[index]
-        batch.pads = pads - drop
-        batch.padded = bool(batch.pads.any())
-        batch.greedy = _plain_greedy(batch.sequences)
+        batch.greedy = _plain_greedy(batch.rows)
 
     def _finish(self, sequence: _Sequence, reason: str) -> None:
         with self._lock:

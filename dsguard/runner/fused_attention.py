@@ -2,7 +2,9 @@
 
 The bias the export builds from ``attention_mask`` (causal AND not padding) every step becomes an input
 the host fills with one numpy call. Then rotary embeddings, the cache concatenation and the grouped
-attention of a layer become one GroupQueryAttention node, which appends to the cache in place.
+attention of a layer become one GroupQueryAttention node, which appends to the cache in place and needs
+no mask at all: each row of a batch keeps its own length (``attention_seqlens_k``), so no row attends to
+another row's padding.
 """
 
 from __future__ import annotations
@@ -24,15 +26,12 @@ class AttentionBias:
     """The graph takes its additive attention bias as input ``attention_bias`` instead of ``attention_mask``.
 
     Shape ``[batch, 1, groups * seq, total]``: for query ``s`` of row ``b``, repeated ``groups`` times,
-    0 where key ``t`` is visible (``t <= past + s`` and not padding), ``fill`` elsewhere. With ``lengths``
-    the graph also takes ``attention_seqlens_k`` (int32 ``[batch]``, every row ``total - 1``: padding
-    counts as cached positions) and ``attention_total_length`` (int32 scalar ``total``).
+    0 where key ``t`` is visible (``t <= past + s`` and not padding), ``fill`` elsewhere.
     """
 
     groups: int
     fill: float
     dtype: str = "float32"
-    lengths: bool = False
 
 
 def external_attention_bias(graph: onnx.GraphProto) -> AttentionBias | None:
@@ -108,8 +107,10 @@ class _Attention:
 def fuse_attention(graph: onnx.GraphProto) -> int:
     """Each layer's rotary, cache concat and grouped attention -> one GroupQueryAttention (all layers or none).
 
-    Left padding keeps its meaning: every row counts the whole cache as its length and the bias input hides
-    the padding, so GroupQueryAttention appends the new keys where the concatenation put them.
+    The fused graph takes ``attention_seqlens_k`` (int32 ``[batch]``: the positions each row has cached
+    before this call plus its new ones, minus one) and ``attention_total_length`` (int32 scalar, the longest
+    row's), and no mask: rows are right-aligned in buffers with room to grow, GroupQueryAttention attends
+    causally over each row's own positions and appends the new keys after them.
     """
     g = GraphIndex(graph)
     layers = [_match_attention(g, node) for node in graph.node if node.op_type == "Softmax"]
@@ -123,7 +124,7 @@ def fuse_attention(graph: onnx.GraphProto) -> int:
         outputs = [layer.merged.output[0], layer.present_key.output[0], layer.present_value.output[0]]
         node = helper.make_node(
             "GroupQueryAttention", [layer.q, layer.k, layer.v, layer.past_key, layer.past_value, SEQLENS,
-                                    TOTAL_LENGTH, cos_cache, sin_cache, position_ids, ATTENTION_BIAS],
+                                    TOTAL_LENGTH, cos_cache, sin_cache, position_ids],
             outputs, name=f"{layer.merged.name or outputs[0]}/GroupQueryAttention", domain=MS_DOMAIN,
             num_heads=layer.heads, kv_num_heads=layer.kv_heads, scale=layer.scale, do_rotary=1, rotary_interleaved=0)
         graph.node.insert(list(graph.node).index(layer.merged), node)

@@ -37,7 +37,11 @@ class FusionReport:
 
 def fuse_decoder(model: onnx.ModelProto, *, max_positions: int, attention: bool = True) -> FusionReport:
     """Fuses RMSNorm (with the residual add before it), rotary embeddings and, with ``attention``, each layer's
-    attention into GroupQueryAttention, in place; prunes dead nodes."""
+    attention into GroupQueryAttention, in place; prunes dead nodes.
+
+    Where the attention is fused the graph takes lengths instead of a mask (``report.bias`` is then None);
+    where only the mask is replaced, it takes the bias ``report.bias`` describes.
+    """
     report = FusionReport()
     graph = model.graph
     report.rms_norm = _fuse_rms_norms(graph)
@@ -47,7 +51,7 @@ def fuse_decoder(model: onnx.ModelProto, *, max_positions: int, attention: bool 
     if attention and report.bias is not None and report.rotary:
         report.attention = fuse_attention(graph)
         if report.attention:
-            report.bias = dataclasses.replace(report.bias, groups=1, lengths=True)
+            report.bias = None
     if report.total:
         prune(graph)
         if not any(op.domain == MS_DOMAIN for op in model.opset_import):

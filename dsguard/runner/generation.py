@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -27,6 +28,8 @@ WAKE_INTERVAL = 0.002
 cost more thread hand-offs than decoding a token of a small model; the end of a generation wakes at once."""
 
 Wake = Callable[[], None]
+
+logger = logging.getLogger("dsguard.runner")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,11 @@ class Wakes:
         self._thread = threading.Thread(target=self._deliver, name="dsguard-runner-wakes", daemon=True)
         self._thread.start()
 
+    @property
+    def pending(self) -> int:
+        """Wake-ups collected and not yet handed over."""
+        return len(self._pending)
+
     def add(self, wake: Wake | None) -> None:
         if wake is not None:
             self._pending.append(wake)
@@ -100,8 +108,11 @@ class Wakes:
             for wake in pending:
                 if isinstance(wake, _LoopWake):
                     loops.setdefault(wake.loop, []).append(wake.waiter)
-                else:
+                    continue
+                try:
                     wake()
+                except Exception:  # one reader's failure must not leave every other reader waiting
+                    logger.exception("waking a reader failed")
             for loop, waiters in loops.items():
                 _wake_loop(loop, waiters)
 
@@ -118,6 +129,9 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.finish_reason: str | None = None
         self.cancelled = False
+        self.first_token_at: float | None = None
+        """When the scheduler produced the first token (``time.monotonic()``)."""
+        self.last_token_at: float | None = None
         self._assembler = assembler
         self._on_cancel = on_cancel
         self._lock = threading.Lock()
@@ -143,11 +157,13 @@ class Generation:
             if self._on_cancel is not None:
                 self._on_cancel(self)
 
-    def push(self, token: int, *, text: bool = True) -> Wake | None:
-        """Scheduler side: one more generated token (``text=False``: the end-of-sequence token).
-
-        Returns the waiting reader's wake-up, for the caller to call (or collect in :class:`Wakes`).
+    def push(self, token: int, now: float, *, text: bool = True) -> Wake | None:
+        """Scheduler side: one more generated token, at monotonic time ``now`` (``text=False``: the end-of-sequence
+        token). Returns the waiting reader's wake-up, for the caller to call (or collect in :class:`Wakes`).
         """
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
         with self._lock:
             if text:
                 self._tokens.append(token)

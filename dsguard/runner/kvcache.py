@@ -1,7 +1,9 @@
 """The key/value cache of a decode batch, kept as OrtValues on the session's device, and its rebatching.
 
-Rows are left-padded to a common length. Joining a sequence to a batch and dropping finished rows
-run as two small ONNX graphs on the same device as the model, so the cache never goes through the host.
+Rows are either left-padded to a common length (graphs that take an attention mask) or keep their own
+lengths in buffers with free space on the right (graphs that take per-row lengths). Joining a sequence
+to a batch and dropping finished rows run as two small ONNX graphs on the same device as the model, so
+the cache never goes through the host.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class KVCache:
     values: list[OrtValue]
     rows: int
     length: int
+    """Positions held by the longest row (left-padded rows: by every row)."""
     capacity: int = -1
 
     def __post_init__(self) -> None:
@@ -61,16 +64,18 @@ class KVOps:
         self._select = ort.InferenceSession(_select_graph(count, elem).SerializeToString(), options,
                                             providers=list(providers))._sess
 
-    def merge(self, first: KVCache, second: KVCache, capacity: int | None = None) -> KVCache:
-        """Rows of ``first`` then rows of ``second``, the shorter left-padded with zeros to the longer's length."""
+    def merge(self, first: KVCache, second: KVCache, capacity: int | None = None, *, ragged: bool = False) -> KVCache:
+        """Rows of ``first`` then rows of ``second``, the shorter left-padded with zeros to the longer's length
+        (``ragged``: each row kept where it starts, free space after it)."""
         if first.rows == 0:
             return second
         length = max(first.length, second.length)
         capacity = length if capacity is None else capacity
         controls = {}
         for side, cache in (("a", first), ("b", second)):
+            left = 0 if ragged else length - cache.length
             controls[f"len_{side}"] = np.array([cache.length], dtype=np.int64)
-            controls[f"pad_{side}"] = _pads(length - cache.length, capacity - length)
+            controls[f"pad_{side}"] = _pads(left, capacity - left - cache.length)
         io = C.SessionIOBinding(self._merge)
         for name, array in controls.items():
             io.bind_ortvalue_input(name, C.OrtValue.ortvalue_from_numpy(array, self._cpu))
@@ -100,6 +105,31 @@ class KVOps:
         self._select.run_with_iobinding(io, None)
         outputs = io.get_outputs()
         return KVCache([outputs[i] for i in range(self.count)], int(rows.size), length, capacity)
+
+
+class PaddingMask:
+    """Attention mask (or additive bias) rows of a left-padded batch, kept while its padding stays the same.
+
+    Decode steps only add visible positions on the right, so each step copies a prefix of the same rows.
+    """
+
+    def __init__(self, dtype: np.dtype[Any], hidden: float, visible: float, groups: int = 0) -> None:
+        self.dtype, self.hidden, self.visible, self.groups = dtype, hidden, visible, groups
+        self.pads: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.table: npt.NDArray[Any] = np.zeros((0, 0), dtype=dtype)
+
+    def rows(self, pads: npt.NDArray[np.int64], total: int) -> npt.NDArray[Any]:
+        """``[rows, total]`` (or ``[rows, 1, groups, total]`` for a bias), hiding the first ``pads[row]`` positions."""
+        table = self.table
+        if table.shape[1] < total or not np.array_equal(pads, self.pads):
+            width = max(2 * total, 256)
+            table = np.where(np.arange(width)[None, :] < pads[:, None], self.hidden, self.visible).astype(self.dtype)
+            self.table, self.pads = table, pads.copy()
+        if not self.groups:
+            return np.ascontiguousarray(table[:, :total])
+        out = np.empty((table.shape[0], 1, self.groups, total), dtype=self.dtype)
+        out[...] = table[:, None, None, :total]
+        return out
 
 
 def _pads(left: int, right: int) -> npt.NDArray[np.int64]:
