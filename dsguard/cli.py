@@ -402,6 +402,7 @@ def token_revoke(config_path: Path, jti: str, until: str) -> None:
 
 from .cli_audit import audit_group  # noqa: E402
 from .cli_backup import backup_group  # noqa: E402
+from .cli_bench import bench  # noqa: E402
 from .cli_crypto import register_key_commands  # noqa: E402
 from .cli_model import model_group  # noqa: E402
 from .cli_sign import sign  # noqa: E402
@@ -410,6 +411,7 @@ register_key_commands(keys_group)
 main.add_command(sign)
 main.add_command(policy_group)
 main.add_command(model_group)
+main.add_command(bench)
 main.add_command(audit_group)
 main.add_command(backup_group)
 
