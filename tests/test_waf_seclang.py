@@ -130,16 +130,21 @@ def test_libinjection_operator_runs_on_the_approximation_when_given(tmp_path: Pa
     assert 900340 in [h.rule for h in rule_set.engine(1).inspect(args("1' OR '1'='1")).hits]
 
 
+@pytest.fixture(scope="module")
+def debian_crs() -> Engine:
+    rule_set = crs_rule_set(DEBIAN_CRS)
+    assert rule_set.report is not None
+    assert rule_set.report.loaded > 100
+    assert {"sqli", "xss", "rce", "lfi", "php"} <= set(rule_set.report.by_family)
+    return rule_set.engine(1)
+
+
 @pytest.mark.skipif(not DEBIAN_CRS.is_dir(), reason="Debian's modsecurity-crs is not installed "
                     "(apt-get install -y modsecurity-crs)")
 class TestDebianCRS:
-    @pytest.fixture(scope="class")
-    def crs(self) -> Engine:
-        rule_set = crs_rule_set(DEBIAN_CRS)
-        assert rule_set.report is not None
-        assert rule_set.report.loaded > 100
-        assert {"sqli", "xss", "rce", "lfi", "php"} <= set(rule_set.report.by_family)
-        return rule_set.engine(1)
+    @pytest.fixture
+    def crs(self, debian_crs: Engine) -> Engine:
+        return debian_crs
 
     def test_crs_blocks_sql_injection(self, crs: Engine) -> None:
         assert "sqli" in crs.inspect(args("1' UNION SELECT password FROM users--")).families
