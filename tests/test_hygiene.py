@@ -120,6 +120,21 @@ def test_non_utf8_json_is_400(http: InProcess) -> None:
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize("escape", [rb"\ud800", rb"\uDFFF", rb"x\udc00y", rb"\ud83d"])
+def test_json_with_an_unpaired_surrogate_escape_is_400(http: InProcess, escape: bytes) -> None:
+    response = http.post("/whoami", content=b'{"model": "' + escape + b'"}',
+                         headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert error(response)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("text", [rb"\ud83d\ude00", rb"\\ud800", "\u00e9\u4e2d".encode()])
+def test_json_with_paired_surrogates_or_an_escaped_backslash_passes(http: InProcess, text: bytes) -> None:
+    response = http.post("/whoami", content=b'{"model": "' + text + b'"}',
+                         headers={"content-type": "application/json"})
+    assert response.status_code == 200
+
+
 def test_parsed_json_is_shared_with_later_checks() -> None:
     seen = {}
 

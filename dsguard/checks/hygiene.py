@@ -8,6 +8,7 @@ bounded in size and depth, for the checks after it (``ctx.json``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -115,6 +116,17 @@ def is_json(media_type: str | None) -> bool:
     return media_type is not None and (media_type == "application/json" or media_type.endswith("+json"))
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _utf8_encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class JSONBodyCheck:
     name = "json"
     stage = "hygiene"
@@ -143,5 +155,8 @@ class JSONBodyCheck:
         # Nesting can't exceed the number of brackets: count them at C speed before walking.
         if body.count(b"{") + body.count(b"[") > self.max_depth and json_depth_exceeds(value, self.max_depth):
             return BadRequest(f"JSON nests deeper than {self.max_depth} levels", code="json_too_deep")
+        # "\ud800" parses, yet no UTF-8 text holds it: apps, tokenizers and logs would fail on it later.
+        if _SURROGATE_ESCAPE.search(body) is not None and not _utf8_encodable(value):
+            return BadRequest("JSON body holds an unpaired UTF-16 surrogate escape", code="invalid_json")
         ctx.json = value
         return None
