@@ -263,8 +263,12 @@ class WAFConfig:
         "Inspect request header values (User-Agent, Referer, custom headers; protocol-structured ones such "
         "as Authorization and Accept-Encoding are skipped by the built-in rules).", True)
     inspect_json: bool = doc(
-        "Inspect JSON body fields (never chat message contents or prompt: those belong to [prompt_guard]).",
+        "Inspect the fields of a JSON body, or of any body that parses as JSON whatever its Content-Type (never "
+        "the prompt texts [prompt_guard] scans: message contents, tool descriptions, tool-call arguments).",
         True)
+    max_fields: int = doc(
+        "Most values of a JSON body the WAF inspects (objects, arrays and leaves each count); a body with more "
+        "is refused whole (413 waf_too_many_fields), never inspected in part.", 4096)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +284,10 @@ class PromptGuardConfig:
     injection_threshold: float = doc(
         "Heuristic score at which a message counts as an attack (one strong sign weighs 1.0, weak signs less).", 1.0)
     injection_trusted_roles: tuple[str, ...] = doc(
-        "Message roles written by the application, not scanned for injection (every other role is).",
-        ("system", "developer"))
+        "Message roles not scanned for injection (every other role is). Empty by default: the caller writes "
+        'every role of the body it sends, "system" and "developer" included. List a role here only where the '
+        "application behind the guard, not the caller, writes those messages (tool definitions carry the role "
+        '"tool_definition").', ())
     pii_action: Literal["block", "flag", "redact", "off"] | None = doc(
         "Action for personal data and secrets in prompts, overriding `action`; \"off\" skips their detection.",
         None)
@@ -301,8 +307,12 @@ class PromptGuardConfig:
     classifier_threshold: float = doc("Probability of that label at which a prompt counts as an attack.", 0.9)
     classifier_max_tokens: int = doc("Tokens the classifier reads of each text's start (and of its end).", 512)
     max_scan_chars: int = doc(
-        "Most characters of prompt text scanned per request; of a longer prompt the start and the end "
-        "are scanned (half each).", 131072)
+        "Most characters of prompt text scanned per request; what happens to a longer prompt is "
+        "`long_prompt_action`.", 131072)
+    long_prompt_action: Literal["block", "scan_ends"] = doc(
+        "A prompt longer than `max_scan_chars`: \"block\" refuses it (413 prompt_too_long_to_scan), as its middle "
+        "would go unscanned; \"scan_ends\" scans its start and end (half each) and lets the middle through "
+        "unscanned, for deployments that accept that.", "block")
 
 
 @dataclasses.dataclass(frozen=True)

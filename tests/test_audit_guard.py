@@ -144,6 +144,19 @@ def test_the_log_is_closed_by_a_signed_checkpoint_when_the_guard_shuts_down(
     assert result.findings == [] and result.decisions == 3
 
 
+def test_a_lone_surrogate_in_the_request_is_recorded_escaped_not_dropped(tmp_path: Path) -> None:
+    body = (b'{"model": "tiny\\ud800", "max_tokens": 8, '
+            b'"messages": [{"role": "user", "content": "card \\udfff"}]}')
+    guard = make_guard(guard_config(tmp_path, "log_prompts = true"))
+    with run_uvicorn(GuardMiddleware(app(), config=guard)) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", content=body,
+                              headers={"content-type": "application/json", "x-test-subject": "alice"})
+    record = by_request_id(tmp_path / "audit" / "audit.jsonl")[response.headers["x-request-id"]]
+    assert record["model"] == "tiny\\ud800"
+    assert record["prompt"]["content"] == {"messages": [{"role": "user", "content": "card \\udfff"}]}
+    assert guard.audit is not None and guard.audit.writer.drops == 0
+
+
 def test_prompt_text_is_logged_when_log_prompts_is_on(tmp_path: Path) -> None:
     guard = make_guard(guard_config(tmp_path, "log_prompts = true"))
     with run_uvicorn(GuardMiddleware(app(), config=guard)) as url:

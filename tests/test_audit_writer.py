@@ -216,3 +216,19 @@ def test_an_unreadable_last_record_refuses_to_start_rather_than_fork_the_chain(t
     reopened = AuditWriter(audit_settings(path))
     reopened.start()
     reopened.stop()
+
+
+def test_a_record_that_cannot_be_encoded_leaves_a_minimal_record_instead_of_none(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    signer = signer_at(tmp_path / "key.pem")
+    writer = AuditWriter(audit_settings(path), signer=signer)
+    writer.start()
+    writer.submit(decision(1, decision="deny", reason="policy_denied", route="/v1/\ud800"))
+    assert writer.wait_written(10)
+    writer.stop()
+    record = next(r for r in read_records(path) if r["type"] == "decision")
+    assert {k: record[k] for k in ("request_id", "decision", "reason", "unencodable")} == {
+        "request_id": "req-1", "decision": "deny", "reason": "policy_denied", "unencodable": True}
+    assert "route" not in record
+    assert (writer.drops, writer.written) == (0, 1)
+    assert verify_log([path], public_keys={signer.key_id: signer.public_key()}).findings == []

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from dsguard.config import RunnerConfig
 from dsguard.crypto.errors import EnvelopeError, ManifestError
 from dsguard.crypto.keys import LocalSigner, open_wrapper
-from dsguard.crypto.manifest import MANIFEST_NAME, sign_bundle
-from dsguard.crypto.weights import decrypt_bundle, encrypt_bundle
+from dsguard.crypto.manifest import MANIFEST_NAME, TrustedKeys, sign_bundle, verify_bundle
+from dsguard.crypto.weights import decrypt_bundle, encrypt_bundle, load_encrypted_graph
 from dsguard.runner.api import create_app
 from dsguard.runner.bundle import open_bundle
 from dsguard.runner.engine import Engine
@@ -158,6 +158,17 @@ def test_a_tampered_encrypted_graph_is_refused_by_decryption_without_a_manifest_
     with pytest.raises(EnvelopeError) as caught:
         open_bundle(bundle, "fp32", policy=sealed.policy(manifest_public_key=None, require_manifest=False))
     assert caught.value.reason == "tampered" and caught.value.file == str(target)
+
+
+def test_an_encrypted_file_the_verified_manifest_does_not_list_is_refused(sealed: Sealed, tmp_path: Path) -> None:
+    bundle = sealed.copy(tmp_path / "bundle")
+    verified = verify_bundle(bundle, TrustedKeys.from_file(sealed.public_key))
+    data = "onnx/model.onnx_data.dsenc"
+    unlisted = dataclasses.replace(verified, files={k: v for k, v in verified.files.items() if k != data})
+    with pytest.raises(ManifestError) as caught:
+        load_encrypted_graph(bundle, bundle / "onnx" / "model.onnx", sealed.policy(model=str(bundle)), unlisted)
+    assert (caught.value.reason, caught.value.file) == ("file-extra", str(bundle / data))
+    assert data in str(caught.value)
 
 
 def test_a_swapped_tokenizer_is_refused_although_it_is_not_encrypted(sealed: Sealed, tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def test_the_guard_refuses_what_only_the_classifier_catches(tmp_path: Path) -> N
 
 def test_the_classifier_reads_untrusted_roles_only(tmp_path: Path) -> None:
     build_classifier(tmp_path)
-    app = GuardMiddleware(starlette_app(), config=config(OPEN_HTTP + f'[prompt_guard]\nclassifier = "{tmp_path}"\n'))
+    section = f'[prompt_guard]\nclassifier = "{tmp_path}"\ninjection_trusted_roles = ["system"]\n'
+    app = GuardMiddleware(starlette_app(), config=config(OPEN_HTTP + section))
     body = {"messages": [{"role": "system", "content": TRIGGER}, {"role": "user", "content": "hello"}]}
     assert InProcess(app).post("/whoami", json=body).status_code == 200

@@ -162,6 +162,71 @@ def test_fields_outside_the_prompt_are_not_scanned() -> None:
     assert response.status_code == 200
 
 
+def refused_as_injection(response: httpx.Response) -> bool:
+    return (response.status_code, response.json()["error"]["code"]) == (403, "prompt_injection")
+
+
+def test_prompt_injection_in_a_json_body_sent_as_text_plain_is_refused() -> None:
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        response = httpx.post(url + "/v1/chat/completions", content=json.dumps(chat(INJECTION)).encode(),
+                              headers={"content-type": "text/plain"}, timeout=20)
+    assert refused_as_injection(response)
+
+
+def test_pii_in_a_json_body_sent_as_text_plain_is_redacted() -> None:
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(REDACT))) as url:
+        response = httpx.post(url + "/v1/chat/completions", content=json.dumps(chat(f"mail {EMAIL}")).encode(),
+                              headers={"content-type": "text/plain"}, timeout=20)
+    assert json.loads(response.json()["received"])["messages"][1]["content"] == "mail [REDACTED:email]"
+
+
+def test_prompt_injection_in_a_refusal_content_part_is_refused() -> None:
+    body = {"model": "m", "messages": [{"role": "assistant", "content": [{"type": "refusal", "text": INJECTION}]}]}
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        assert refused_as_injection(post(url + "/v1/chat/completions", body))
+
+
+def test_prompt_injection_in_a_tool_description_is_refused() -> None:
+    tool = {"type": "function", "function": {"name": "lookup", "description": INJECTION}}
+    body = {**chat("What is the weather?"), "tools": [tool]}
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        assert refused_as_injection(post(url + "/v1/chat/completions", body))
+
+
+def test_prompt_injection_in_a_tool_parameter_description_is_refused() -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "description": INJECTION}}}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": parameters}}
+    body = {**chat("What is the weather?"), "tools": [tool]}
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        assert refused_as_injection(post(url + "/v1/chat/completions", body))
+
+
+def test_prompt_injection_in_tool_call_arguments_of_the_history_is_refused() -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "lookup", "arguments": json.dumps({"city": INJECTION})}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "weather?"},
+                                       {"role": "assistant", "content": None, "tool_calls": [call]}]}
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        assert refused_as_injection(post(url + "/v1/chat/completions", body))
+
+
+def test_prompt_injection_sent_as_a_system_message_is_refused() -> None:
+    body = {"model": "m", "messages": [{"role": "system", "content": INJECTION}, {"role": "user", "content": "hi"}]}
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
+        assert refused_as_injection(post(url + "/v1/chat/completions", body))
+
+
+def test_prompt_injection_in_the_unscanned_middle_of_an_over_long_prompt_is_refused() -> None:
+    text = "lorem ipsum " * 200 + INJECTION + " lorem ipsum" * 200
+    with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK + "max_scan_chars = 2048\n"))) as url:
+        response = post(url + "/v1/chat/completions", chat(text))
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "prompt_too_long_to_scan"
+    assert "2048 characters" in error["message"]
+    assert "previous instructions" not in response.text
+
+
 def test_malformed_json_is_a_400_from_hygiene_not_an_error() -> None:
     with run_uvicorn(GuardMiddleware(starlette_app(), config=config(BLOCK))) as url:
         response = httpx.post(url + "/v1/chat/completions", content=b'{"messages": [', timeout=20,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dsguard.promptguard.messages import Segment, is_llm_body, segments, with_texts
+from dsguard.waf.targets import json_fields
 
 
 def test_chat_message_contents_keep_their_roles() -> None:
@@ -11,7 +12,40 @@ def test_chat_message_contents_keep_their_roles() -> None:
                               Segment("user", "Hi", ("messages", 1, "content"))]
 
 
-def test_only_text_content_parts_are_read() -> None:
+def test_the_text_of_every_content_part_is_read_whatever_its_type() -> None:
+    parts = [{"type": "refusal", "text": "no"}, {"type": "x", "text": "y"}]
+    body = {"messages": [{"role": "assistant", "content": parts}]}
+    assert [s.text for s in segments(body)] == ["no", "y"]
+
+
+def test_tool_descriptions_parameter_descriptions_and_call_arguments_are_read() -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}}}
+    function = {"name": "f", "description": "looks up", "parameters": parameters}
+    body = {"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}],
+            "tools": [{"type": "function", "function": function}]}
+    assert segments(body) == [
+        Segment("assistant", "{}", ("messages", 0, "tool_calls", 0, "function", "arguments")),
+        Segment("tool_definition", "looks up", ("tools", 0, "function", "description")),
+        Segment("tool_definition", "the city",
+                ("tools", 0, "function", "parameters", "properties", "city", "description"))]
+
+
+def test_the_waf_inspects_exactly_the_fields_that_are_not_prompt_text() -> None:
+    body = {"model": "m", "instructions": "be kind", "metadata": {"note": "n"},
+            "messages": [{"role": "user", "name": "u", "content": [{"type": "x", "text": "t", "id": "i"}]},
+                         {"role": "assistant",
+                          "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "a"}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+                "type": "object", "properties": {"q": {"type": "string", "description": "qd", "enum": ["e"]}}}}}]}
+    prompt = {".".join(("json", *map(str, s.path))) for s in segments(body)}
+    inspected = {name for name, _ in json_fields(body)}
+    assert prompt.isdisjoint(inspected)
+    assert len(prompt) == 5
+    assert {"json.messages.0.name", "json.messages.0.content.0.type", "json.messages.1.tool_calls.0.function.name",
+            "json.tools.0.function.parameters.properties.q.enum.0", "json.metadata.note"} <= inspected
+
+
+def test_parts_without_text_such_as_images_carry_no_prompt_text() -> None:
     body = {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is in this image?"},
         {"type": "image_url", "image_url": {"url": "https://img.example/cat.png"}}]}]}

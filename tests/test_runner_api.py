@@ -16,6 +16,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from dsguard.adapters.asgi import GuardMiddleware
 from dsguard.checks.base import Check
@@ -245,6 +248,9 @@ def test_a_bad_field_is_refused_with_openai_error_object_and_the_request_id(url:
     ({"n": 2}, "n", "unsupported_value"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
     ({"stop": 5}, "stop", "invalid_type"),
+    ({"stop": ["x" * 513]}, "stop", "invalid_value"),
+    ({"repetition_penalty": 1e308}, "repetition_penalty", "invalid_value"),
+    ({"repetition_penalty": 101}, "repetition_penalty", "invalid_value"),
     ({"stream": "yes"}, "stream", "invalid_type"),
     ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_value"),
     ({"logprobs": True}, "logprobs", "unsupported_value"),
@@ -279,6 +285,65 @@ def test_a_bad_completion_field_is_refused_naming_it(url: str, field: dict[str, 
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, code)
+
+
+def test_a_stop_string_of_512_characters_is_accepted(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, stop=["x" * 512])
+    assert answer.usage is not None and answer.usage.completion_tokens >= 1
+
+
+def test_a_vanishing_temperature_is_greedy_decoding(engine: Engine, client: openai.OpenAI) -> None:
+    expected = chat_reference(engine, 12)
+    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=1e-320)
+    assert answer.choices[0].message.content == expected["content"]
+    assert getattr(answer.choices[0].message, "reasoning_content", None) == expected["reasoning"]
+
+
+LONE_SURROGATE_BODIES = [
+    ("/v1/chat/completions", b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("/v1/chat/completions", b'{"model": "tiny-deepseek", "messages": [{"role": "user", "content": "hi \\ud800"}]}'),
+    ("/v1/completions", b'{"model": "tiny-deepseek", "prompt": "\\ud800"}'),
+    ("/v1/completions", b'{"model": "tiny-deepseek", "prompt": "hi", "\\udfff": 1}'),
+]
+
+
+def assert_invalid_json(response: httpx.Response) -> None:
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"] == {
+        "message": "The request body is not valid JSON: a string holds a lone UTF-16 surrogate.",
+        "type": "invalid_request_error", "param": None, "code": "invalid_json"}
+
+
+@pytest.mark.parametrize(("path", "body"), LONE_SURROGATE_BODIES)
+def test_a_lone_surrogate_in_a_string_is_refused_as_invalid_json_by_the_bare_runner(
+        engine: Engine, path: str, body: bytes) -> None:
+    with run_uvicorn(create_app(engine)) as bare:
+        assert_invalid_json(httpx.post(bare + path, content=body, headers={"content-type": "application/json"}))
+
+
+@pytest.mark.parametrize(("path", "body"), LONE_SURROGATE_BODIES)
+def test_a_lone_surrogate_in_a_string_is_refused_behind_the_guard(url: str, path: str, body: bytes) -> None:
+    response = httpx.post(url + path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_an_unexpected_error_is_a_json_internal_error_without_its_details(engine: Engine) -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("secret detail of the failure")
+
+    app = create_app(engine)
+    app.router.routes.append(Route("/v1/broken", broken, methods=["POST"]))
+    guarded = GuardMiddleware(app, config=parse_config(OPEN_HTTP))
+    with run_uvicorn(app) as bare, run_uvicorn(guarded) as behind:
+        answers = [httpx.post(bare + "/v1/broken", json={}), httpx.post(behind + "/v1/broken", json={})]
+    for response in answers:
+        assert response.status_code == 500
+        assert response.json()["error"] == {"message": "The server had an error while processing the request.",
+                                            "type": "server_error", "param": None, "code": "internal_error"}
+        assert "secret detail" not in response.text
+    assert answers[1].json()["request_id"] == answers[1].headers["x-request-id"]
 
 
 def test_unknown_fields_are_ignored(client: openai.OpenAI) -> None:

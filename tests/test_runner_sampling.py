@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,22 @@ def test_repetition_penalty_counts_generated_tokens_and_leaves_the_logits_untouc
 def test_unusable_parameters_are_named(params: SamplingParams, word: str) -> None:
     problem = params.problem()
     assert problem is not None and problem.startswith(word)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1e-320, seed=4),
+    SamplingParams(temperature=1e-320, top_k=3, top_p=0.9, seed=4),
+])
+def test_logits_scaled_beyond_float_range_fall_back_to_the_argmax_without_warnings(params: SamplingParams) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(draws(params, LOGITS, 20)) == {1}
+
+
+@pytest.mark.parametrize("penalty", [1e-320, 1e308])
+def test_an_extreme_repetition_penalty_never_yields_nan_probabilities(penalty: float) -> None:
+    sampler = Sampler(SamplingParams(repetition_penalty=penalty, seed=4), prompt_ids=[0, 1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        picks = [sampler(LOGITS) for _ in range(20)]
+    assert all(0 <= token < LOGITS.size for token in picks)

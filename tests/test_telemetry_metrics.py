@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dsguard import GuardMiddleware, GuardWSGIMiddleware
 from dsguard.errors import ConfigError
 from dsguard.guard import Guard
+from dsguard.telemetry.prometheus import bearer_matches
 
 from .conftest import run_redis_server, run_uvicorn, run_werkzeug
 from .helpers import config, starlette_app
@@ -191,6 +192,18 @@ def test_the_metrics_token_is_required_when_configured(monkeypatch: pytest.Monke
             assert refused.headers["www-authenticate"].startswith("Bearer")
         assert "scrape-token" not in missing.text + wrong.text
         scrape(url, headers={"authorization": "Bearer scrape-token-0123456789"})
+
+
+def test_an_empty_metrics_token_variable_is_refused_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSGUARD_TEST_EMPTY_TOKEN", "")
+    with pytest.raises(ConfigError, match=r"\[telemetry\] metrics_token: the metrics token is empty"):
+        Guard(config(TELEMETRY + 'metrics_token = "env:DSGUARD_TEST_EMPTY_TOKEN"\n'))
+
+
+@pytest.mark.parametrize("authorization", ["Bearer", "Bearer ", "bearer   "])
+def test_empty_bearer_credentials_never_match_even_an_empty_token(authorization: str) -> None:
+    assert not bearer_matches(authorization, "")
+    assert not bearer_matches(authorization, "scrape-token")
 
 
 def test_an_unset_metrics_token_variable_is_refused_at_startup() -> None:

@@ -20,6 +20,7 @@ from dsguard.decision import Denial
 from dsguard.errors import ConfigError
 from dsguard.services import Services
 from dsguard.storage import open_storage
+from dsguard.waf.targets import json_fields
 
 from .conftest import run_uvicorn
 from .helpers import config
@@ -169,6 +170,45 @@ def test_same_coding_question_in_a_query_argument_is_blocked(server: httpx.Clien
 def test_attack_in_a_chat_message_field_other_than_content_is_blocked(server: httpx.Client) -> None:
     body = {"model": "m", "messages": [{"role": "user", "name": "x' OR '1'='1", "content": "hi"}]}
     assert server.post("/v1/chat/completions", json=body).status_code == 403
+
+
+def test_sql_injection_followed_by_padding_past_the_field_limit_is_refused(server: httpx.Client) -> None:
+    body = {"user": "1' OR '1'='1", "pad": [0] * 5000}
+    response = server.post("/echo", json=body)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "waf_too_many_fields"
+    assert "4096" in error["message"]
+    assert "'1'='1" not in response.text
+
+
+def test_sql_injection_followed_by_padding_within_a_raised_field_limit_is_blocked() -> None:
+    with run_uvicorn(app(ENFORCE.replace("paranoia = 1", "paranoia = 1\nmax_fields = 10000"))) as url:
+        response = httpx.post(f"{url}/echo", json={"user": "1' OR '1'='1", "pad": [0] * 5000}, timeout=10)
+    assert_blocked(response, "SQL injection", "'1'='1")
+
+
+def test_json_fields_are_visited_in_document_order() -> None:
+    body = {"a": "1", "b": [{"c": "2"}, "3"], "d": "4"}
+    assert [name for name, _ in json_fields(body)] == ["json.a", "json.b.0.c", "json.b.1", "json.d"]
+
+
+def test_sql_injection_in_a_json_body_sent_as_text_plain_is_blocked(server: httpx.Client) -> None:
+    response = server.post("/echo", content=b'{"user": "1\' OR \'1\'=\'1"}', headers={"content-type": "text/plain"})
+    assert_blocked(response, "SQL injection", "'1'='1")
+
+
+def test_sql_injection_in_a_tool_parameter_schema_outside_its_descriptions_is_blocked(server: httpx.Client) -> None:
+    parameters = {"type": "object", "properties": {"id": {"type": "string", "default": "1' OR '1'='1"}}}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": parameters}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    assert_blocked(server.post("/v1/chat/completions", json=body), "SQL injection", "'1'='1")
+
+
+def test_sql_injection_in_a_content_part_field_other_than_its_text_is_blocked(server: httpx.Client) -> None:
+    content = [{"type": "x", "text": "hello", "name": "1' OR '1'='1"}]
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    assert_blocked(server.post("/v1/chat/completions", json=body), "SQL injection", "'1'='1")
 
 
 def test_excluded_target_on_its_route_passes(server: httpx.Client) -> None:

@@ -8,7 +8,9 @@ A decision record (``"type": "decision"``) holds: ``time`` (UTC, RFC 3339), ``re
 ``model``, ``status``, ``usage`` (the LLM token usage the app reported), ``latency_ms``,
 ``policy_rule`` (the rule that decided, and where it is written), ``findings`` (summaries of the
 WAF, prompt guard and anomaly verdicts) and ``prompt``: the SHA-256 and length of the prompt
-fields, never their text unless ``[audit] log_prompts`` is on.
+fields, never their text unless ``[audit] log_prompts`` is on. Strings taken from the request
+that UTF-8 cannot encode (lone surrogates, which JSON's ``\\uD800`` escapes let through) are
+recorded with those characters backslash-escaped, so that the record can still be written.
 
 :func:`capture` runs on the request path and only gathers references (the body is parsed
 there only if a check parsed it already); :func:`decision_record` builds the record on the
@@ -104,9 +106,30 @@ def rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1e6):06d}Z"
 
 
+def encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as ``\\udXXX`` escapes."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _text(value: object, limit: int = MAX_TEXT) -> str:
     text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return encodable(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _optional(value: object) -> str | None:
+    return encodable(value) if isinstance(value, str) else None
+
+
+def _encodable_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, dict):
+        return {encodable(str(k)): _encodable_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable_tree(v) for v in value]
+    return value
 
 
 def summary(value: Any, depth: int = 0) -> Any:
@@ -168,8 +191,12 @@ def prompt_summary(body: Mapping[str, Any] | None, *, include_text: bool) -> dic
     if not fields:
         return None
     try:
-        encoded = canonical(fields)
-    except (TypeError, ValueError):
+        try:
+            encoded = canonical(fields)
+        except UnicodeEncodeError:
+            fields = _encodable_tree(fields)
+            encoded = canonical(fields)
+    except (TypeError, ValueError, RecursionError):
         return None
     record: dict[str, Any] = {"sha256": hashlib.sha256(encoded).hexdigest(), "length": _prompt_chars(fields)}
     if include_text:
@@ -201,15 +228,15 @@ def decision_record(facts: CallFacts, *, log_prompts: bool = False) -> dict[str,
     return {
         "type": DECISION,
         "time": rfc3339(facts.time),
-        "request_id": facts.request_id,
+        "request_id": encodable(facts.request_id),
         "decision": facts.decision,
-        "reason": facts.reason,
-        "check": facts.check,
-        "reported": list(facts.reported),
+        "reason": _optional(facts.reason),
+        "check": _optional(facts.check),
+        "reported": [_text(code, 128) for code in facts.reported],
         "subject": _text(facts.subject, 256) if facts.subject is not None else None,
         "tenant": _text(facts.tenant, 256) if facts.tenant is not None else None,
-        "auth": facts.auth,
-        "client_ip": facts.client_ip,
+        "auth": _optional(facts.auth),
+        "client_ip": _optional(facts.client_ip),
         "method": _text(facts.method, 16),
         "route": _text(facts.route),
         "model": _model(body),

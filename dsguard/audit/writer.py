@@ -39,6 +39,12 @@ BATCH = 512
 IDLE_WAKE = 0.5
 
 Encoder = Callable[[Any], dict[str, Any]]
+MINIMAL_FIELDS = ("type", "time", "request_id", "decision", "reason")
+"""What a record that cannot be encoded keeps."""
+
+
+def _plain(value: object) -> str | None:
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else None
 
 __all__ = ["AuditError", "AuditWriter"]
 
@@ -365,15 +371,13 @@ class AuditWriter:
                     self._rotate(reason)
                     batch = Batch(self._chain)
                 done += 1
-                try:
-                    body = self.encode(item.item if type(item) is Receipt else item)
-                    batch.add(self._link(body), self._chain, record=True)
-                except (TypeError, ValueError):
-                    logger.exception("audit log %s: a record could not be encoded", self.path)
+                line = self._line(item.item if type(item) is Receipt else item)
+                if line is None:
                     self._dropped(1)
                     if type(item) is Receipt:
                         item.unwritable = True
                     continue
+                batch.add(line, self._chain, record=True)
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= self.config.checkpoint_every:
                     batch.add(self._checkpoint_line(), self._chain, record=False)
@@ -389,6 +393,24 @@ class AuditWriter:
         if self.config.fsync == "always":
             self._sync()
         return True
+
+    def _line(self, item: Any) -> bytes | None:
+        """``item``'s chained line; when its record cannot be encoded, a minimal record saying so (request id,
+        decision, reason, ``"unencodable": true``); None when not even that can be built."""
+        body: Any = None
+        try:
+            body = self.encode(item)
+            return self._link(body)
+        except (TypeError, ValueError, RecursionError):
+            logger.exception("audit log %s: a record could not be encoded", self.path)
+        if not isinstance(body, dict):
+            return None
+        minimal: dict[str, Any] = {key: _plain(body.get(key)) for key in MINIMAL_FIELDS if key in body}
+        minimal["unencodable"] = True
+        try:
+            return self._link(minimal)
+        except (TypeError, ValueError):
+            return None
 
     def _periodic(self) -> None:
         now = self.clock()

@@ -1,12 +1,16 @@
 """Prompt guard (``[prompt_guard]``): prompt injection, jailbreaks and PII in LLM request bodies.
 
-Reads the prompt texts of an OpenAI-style JSON body (:mod:`dsguard.promptguard.messages`) and
-never the rest of the request: a prompt may legitimately contain SQL or HTML. Two detectors,
-each with its action (``action``, overridden by ``injection_action`` / ``pii_action``):
+Reads the prompt texts (:mod:`dsguard.promptguard.messages`: message contents, every content
+part's text, tool descriptions, tool-call arguments) of an OpenAI-style body, of any Content-Type
+but form and multipart as long as it parses as JSON, as applications parse it whatever its
+declared type; never the rest of the request, which is the WAF's: a prompt may legitimately
+contain SQL or HTML. Prompt text longer than ``max_scan_chars`` is refused (413
+``prompt_too_long_to_scan``) unless ``long_prompt_action = "scan_ends"``. Two detectors, each
+with its action (``action``, overridden by ``injection_action`` / ``pii_action``):
 
-- injection: the heuristics of :mod:`dsguard.promptguard.injection` on every message whose role
-  is not in ``injection_trusted_roles``, then the optional ONNX classifier on the same texts;
-  block (403 ``prompt_injection``) or flag;
+- injection: the heuristics of :mod:`dsguard.promptguard.injection` on every text whose role
+  is not in ``injection_trusted_roles`` (none by default), then the optional ONNX classifier on
+  the same texts; block (403 ``prompt_injection``) or flag;
 - PII and secrets (:mod:`dsguard.promptguard.pii`) in every message: block (403
   ``pii_detected``), flag, or redact (the app receives the body with each finding replaced by
   ``[REDACTED:<kind>]``).
@@ -27,16 +31,15 @@ from typing import Any
 
 from ..config import Config, PromptGuardConfig
 from ..context import RequestContext
-from ..decision import Denial, Forbidden
+from ..decision import Denial, Forbidden, PayloadTooLarge
 from ..errors import ConfigError
 from ..promptguard.classifier import ClassifierError, InjectionClassifier
 from ..promptguard.injection import CATEGORY_NAMES, InjectionDetector, Verdict
-from ..promptguard.messages import Path, Segment, is_llm_body, segments, with_texts
+from ..promptguard.messages import Path, Segment, is_llm_body, parse_body, segments, with_texts
 from ..promptguard.pii import CATEGORIES, Match, PIIScanner
 from ..promptguard.stream import ResponseRedactor
 from ..services import Services
 from .base import Check
-from .hygiene import is_json
 
 logger = logging.getLogger("dsguard.prompt")
 Outcome = Denial | None | Awaitable[Denial | None]
@@ -66,6 +69,7 @@ class PromptGuardCheck:
         self.scanner = PIIScanner(config.pii_categories or CATEGORIES)
         self.trusted_roles = frozenset(role.lower() for role in config.injection_trusted_roles)
         self.max_scan_chars = config.max_scan_chars
+        self.block_long = config.long_prompt_action == "block"
         self.rewrites = not report
         self.redact_responses = config.redact_responses and not report
         self.response_window = config.response_window
@@ -79,6 +83,9 @@ class PromptGuardCheck:
         found = segments(body)
         if not found:
             return None
+        if self.block_long and sum(len(s.text) for s in found) > self.max_scan_chars:
+            return PayloadTooLarge(f"the prompt is longer than the {self.max_scan_chars} characters the prompt "
+                                   "guard scans", code="prompt_too_long_to_scan")
         pieces = self._pieces(found)
         record: dict[str, Any] = {}
         untrusted = [text for segment, windows in pieces if segment.role not in self.trusted_roles
@@ -157,12 +164,7 @@ class PromptGuardCheck:
     @staticmethod
     def _body(ctx: RequestContext) -> Any:
         body = ctx.json
-        if body is None and ctx.body and is_json(ctx.media_type):
-            try:
-                body = json.loads(ctx.body)
-            except ValueError:
-                return None
-        return body
+        return parse_body(ctx.body, ctx.media_type) if body is None else body
 
 
 def _injection_record(verdict: Verdict) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """The web application firewall check (``[waf]``), at the content stage.
 
-It inspects the path, query arguments, headers, cookies and form/JSON fields, never chat
-message contents (see :mod:`dsguard.waf.targets`), with dsguard's built-in rules or a loaded
+It inspects the path, query arguments, headers, cookies and form/JSON fields, never the prompt
+texts the prompt guard scans (see :mod:`dsguard.waf.targets`), with dsguard's built-in rules or a loaded
 OWASP CRS directory (``crs_path``). A request whose anomaly score reaches ``anomaly_threshold``
 is refused with 403 ``waf_blocked``; the message names the attack families, never the payload.
+A body the WAF cannot inspect whole is refused: larger than ``max_body`` (413
+``waf_body_too_large``) or a JSON body of more than ``max_fields`` values (413 ``waf_too_many_fields``).
 ``ctx.attributes["waf"]`` records the matched rule ids, families and score for the audit log,
 in report mode too (where nothing is blocked).
 """
@@ -22,7 +24,7 @@ from ..waf import RuleSet, SecLangError, builtin_rule_set, crs_rule_set, resolve
 from ..waf.engine import HitFilter
 from ..waf.model import FAMILIES, Hit, Selector
 from ..waf.seclang import COLLECTIONS
-from ..waf.targets import collect
+from ..waf.targets import TooManyFields, collect
 from .base import Check
 
 logger = logging.getLogger("dsguard.waf")
@@ -81,10 +83,14 @@ class WAFCheck:
         if body is not None and len(body) > self.config.max_body:
             return PayloadTooLarge(f"request body is larger than the {self.config.max_body} bytes the WAF inspects",
                                    code="waf_body_too_large")
-        collections = collect(ctx.method, ctx.path, ctx.raw_path, ctx.query_string, ctx.headers.raw, body,
-                              ctx.media_type, ctx.json, inspect_headers=self.config.inspect_headers,
-                              inspect_json=self.config.inspect_json, http_version=ctx.http_version,
-                              wanted=self.engine.collections)
+        try:
+            collections = collect(ctx.method, ctx.path, ctx.raw_path, ctx.query_string, ctx.headers.raw, body,
+                                  ctx.media_type, ctx.json, inspect_headers=self.config.inspect_headers,
+                                  inspect_json=self.config.inspect_json, http_version=ctx.http_version,
+                                  wanted=self.engine.collections, max_fields=self.config.max_fields)
+        except TooManyFields as exc:
+            return PayloadTooLarge(f"request body has more than the {exc.limit} JSON values the WAF inspects",
+                                   code="waf_too_many_fields")
         verdict = self.engine.inspect(collections, self._filter(ctx.path))
         if not verdict.hits:
             return None
@@ -124,6 +130,9 @@ def _rule_set(config: Config) -> RuleSet:
 def build(config: Config, services: Services) -> list[Check]:
     """The WAF check of ``[waf]``."""
     assert config.waf is not None
+    if config.waf.max_fields < 1:
+        raise ConfigError("must be at least 1", file=config.source, line=config.line_of("waf", "max_fields"),
+                          key="[waf] max_fields")
     rule_set = _rule_set(config)
     try:
         check = WAFCheck(config.waf, rule_set)

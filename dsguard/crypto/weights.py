@@ -215,6 +215,9 @@ def _reader(directory: Path, wrapper: Wrapper, manifest: VerifiedManifest | None
     def read(sealed: Path) -> bytearray:
         relative = sealed.relative_to(directory).as_posix()
         pinned = manifest.files.get(relative) if manifest is not None else None
+        if manifest is not None and pinned is None:
+            raise ManifestError(f"{relative} is not listed in the signed manifest: nothing pins its digest",
+                                reason="file-extra", file=sealed)
         return decrypt_to_memory(sealed, wrapper, context=relative.removesuffix(ENCRYPTED_SUFFIX),
                                  expected_sha256=pinned.sha256 if pinned else None)
 

@@ -26,13 +26,14 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..context import RequestContext
 from ..limits.tokens import USAGE_ATTRIBUTE
-from ..types import Receive, Scope, Send
+from ..types import ASGIApp, Message, Receive, Scope, Send
 from .engine import (
     Engine,
     EngineClosed,
@@ -350,12 +351,37 @@ class RunnerAPI:
 async def _json_body(request: Request) -> object:
     ctx = _context(request.scope)
     if ctx is not None and isinstance(ctx.json, dict):
-        return ctx.json
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+        body: object = ctx.json
+    else:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+    if not _encodable(body):
+        raise InvalidRequest("The request body is not valid JSON: a string holds a lone UTF-16 surrogate.",
+                             code="invalid_json")
+    return body
+
+
+def _encodable(value: object) -> bool:
+    """Every string (keys included) of a parsed JSON value can be encoded as UTF-8 (``json`` lets lone
+    surrogates such as ``"\\ud800"`` through)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -367,6 +393,32 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(request.scope, 405, f"Method {request.method} is not allowed on {request.url.path}.",
                               code="method_not_allowed")
     return error_response(request.scope, status, "The request could not be served.", type="server_error")
+
+
+class InternalErrors:
+    """The catch-all: whatever escapes a route is logged and answered as a 500 ``internal_error`` in OpenAI's
+    error shape, without its details (a response already started is cut short); never a plain-text 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            logger.exception("runner: %s %s failed", scope.get("method"), scope.get("path"))
+            if scope["type"] == "http" and not started:
+                response = error_response(scope, 500, "The server had an error while processing the request.",
+                                          type="server_error", code="internal_error")
+                await response(scope, receive, send)
 
 
 def create_app(engine: Engine, *, meter_provider: MeterProvider | None = None, owns_engine: bool = False) -> Starlette:
@@ -389,4 +441,4 @@ def create_app(engine: Engine, *, meter_provider: MeterProvider | None = None, o
         Route("/v1/completions", api.complete, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{model:path}", api.model, methods=["GET"]),
-    ], exception_handlers={HTTPException: _http_error})
+    ], exception_handlers={HTTPException: _http_error}, middleware=[Middleware(InternalErrors)])

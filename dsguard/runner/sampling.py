@@ -69,16 +69,20 @@ class Sampler:
         if index.size:
             picked = penalized[index]
             penalty = self.params.repetition_penalty
-            penalized[index] = np.where(picked > 0, picked / penalty, picked * penalty)
+            with np.errstate(all="ignore"):
+                penalized[index] = np.where(picked > 0, picked / penalty, picked * penalty)
         return penalized
 
     def _sample(self, logits: Logits) -> int:
         params = self.params
-        scaled = logits.astype(np.float64) / params.temperature
-        candidates = _top_k(scaled, params.top_k) if 0 < params.top_k < scaled.size else None
-        values = scaled if candidates is None else scaled[candidates]
-        probs = np.exp(values - values.max())
-        probs /= probs.sum()
+        with np.errstate(all="ignore"):
+            scaled = logits.astype(np.float64) / params.temperature
+            candidates = _top_k(scaled, params.top_k) if 0 < params.top_k < scaled.size else None
+            values = scaled if candidates is None else scaled[candidates]
+            probs = np.exp(values - values.max())
+            probs /= probs.sum()
+        if not np.isfinite(probs).all():  # logits scaled or penalized beyond float range: fall back to greedy
+            return int(logits.argmax())
         if params.top_p < 1.0:
             kept = _nucleus(probs, params.top_p)
             candidates = kept if candidates is None else candidates[kept]

@@ -12,7 +12,9 @@ Fields it knows but cannot honour are refused rather than silently dropped:
   other than text, ``echo`` and ``suffix``; message parts other than text.
 
 Extensions to OpenAI's set, as vLLM accepts them: ``top_k`` (0 or -1: off) and ``repetition_penalty``.
-A negative ``seed`` (OpenAI allows any 64-bit integer) is taken modulo 2**64.
+A negative ``seed`` (OpenAI allows any 64-bit integer) is taken modulo 2**64. A ``temperature``
+below 1e-4 is greedy decoding, as 0 is (dividing logits by less overflows them), and
+``repetition_penalty`` must lie in (0, 100]. Each stop string holds at most 512 characters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from ..errors import DSGuardError
 from .sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 512
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this are greedy decoding."""
+MAX_REPETITION_PENALTY = 100.0
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -159,7 +165,7 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
     if top_k is not None and top_k < -1:
         raise InvalidRequest(f"Invalid 'top_k': expected -1 or 0 (off) or a positive integer, got {top_k}.",
                              param="top_k")
-    repetition_penalty = _number(body, "repetition_penalty", 0.0, math.inf, low_open=True)
+    repetition_penalty = _number(body, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY, low_open=True)
     for name in ("frequency_penalty", "presence_penalty"):
         if _number(body, name, -2.0, 2.0):
             raise _unsupported(name, "a value other than 0 (use 'repetition_penalty')")
@@ -167,6 +173,8 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
     top_k = max(top_k or 0, 0)
     if top_p == 0.0:  # the smallest set reaching probability 0 is the most likely token alone
         top_p, top_k = 1.0, 1
+    if temperature is not None and temperature < MIN_TEMPERATURE:
+        temperature = 0.0
     return SamplingParams(
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
@@ -189,6 +197,9 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
                              param="stop")
     if any(not s for s in stop):
         raise InvalidRequest("Invalid 'stop': a stop sequence may not be empty.", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise InvalidRequest(f"Invalid 'stop': a stop sequence may hold at most {MAX_STOP_CHARS} characters.",
+                             param="stop")
     return tuple(stop)
 
 

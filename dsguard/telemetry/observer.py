@@ -65,6 +65,8 @@ class Telemetry:
             if settings.metrics_token is not None:
                 try:
                     token = settings.metrics_token.reveal()
+                    if not token:
+                        raise LookupError(f"the metrics token is empty ({settings.metrics_token.source})")
                 except LookupError as exc:
                     raise ConfigError(str(exc), file=config.source, line=config.line_of("telemetry", "metrics_token"),
                                       key="[telemetry] metrics_token") from None

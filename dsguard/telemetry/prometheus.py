@@ -59,7 +59,10 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     if authorization is None:
         return False
     scheme, _, credentials = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
+    credentials = credentials.strip()
+    if not credentials or not token:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), token.encode())
 
 
 class MetricsEndpoint:

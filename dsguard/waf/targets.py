@@ -5,30 +5,39 @@ and ``ARGS_NAMES``, ``REQUEST_HEADERS`` (names lower-cased), ``REQUEST_COOKIES``
 ``REQUEST_FILENAME`` (the decoded path), ``REQUEST_URI`` / ``QUERY_STRING`` (raw), ``FILES``,
 ``XML`` (text of an XML body) and ``REQUEST_BODY`` (a form, text or XML body as sent).
 
-Chat message contents are not WAF input: they belong to the prompt guard, and a coding
-question legitimately contains SQL or HTML. In a JSON body, ``messages[*].content`` (a string,
-or the ``text`` of content parts), the arguments of tool calls in the chat history
-(``messages[*].tool_calls[*].function.arguments``, ``function_call.arguments``: model output), the
-descriptions and parameter schemas of the tools offered to the model (``tools[*].function`` and
-``functions[*]``: prompt text) and ``prompt`` are left out, and the raw JSON body is never offered
-as ``REQUEST_BODY``.
+Prompt text is not WAF input: it belongs to the prompt guard, and a coding question legitimately
+contains SQL or HTML. In a JSON body, exactly the texts :func:`dsguard.promptguard.messages.prompt_paths`
+names are left out (message contents and the ``text`` of every content part, tool-call arguments,
+tool descriptions and parameter descriptions, ``prompt``, ``input``, ``instructions``); every other
+field is inspected, and the raw JSON body is never offered as ``REQUEST_BODY``. A body is read as
+JSON whenever it parses as JSON, whatever its declared Content-Type (other than
+a form or multipart one), as applications parse it so. A JSON body with more than ``max_fields``
+values raises :class:`TooManyFields` rather than being inspected in part.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from xml.etree import ElementTree
 
+from ..promptguard.messages import Path, parse_body, prompt_paths
 from .normalize import decode_bytes, url_decode
 
 Pair = tuple[str, str]
 Collections = dict[str, list[Pair]]
 
-PROMPT_KEYS = frozenset({"prompt"})
-_TOOL_PROMPT_KEYS = frozenset({"description", "parameters"})
-_MAX_JSON_FIELDS = 4096
+DEFAULT_MAX_FIELDS = 4096
+
+
+class TooManyFields(ValueError):
+    """A JSON body holds more values than the WAF inspects."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} JSON values")
+        self.limit = limit
 
 
 def parse_form(text: str) -> list[Pair]:
@@ -52,76 +61,35 @@ def parse_cookies(header: str) -> list[Pair]:
     return pairs
 
 
-def _chat_text_parts(content: object) -> bool:
-    return isinstance(content, list) and all(
-        isinstance(part, dict) and isinstance(part.get("text", ""), str) for part in content)
+def json_fields(value: Any, prefix: str = "json", *, limit: int = DEFAULT_MAX_FIELDS) -> Iterator[Pair]:
+    """Leaves of a JSON document as ``(json.a.0.b, text)`` in document order, prompt texts left out.
 
-
-def json_fields(value: Any, prefix: str = "json") -> Iterator[Pair]:
-    """Leaves of a JSON document as ``(json.a.0.b, text)``, chat message contents and prompts left out."""
-    stack: list[tuple[str, Any, bool]] = [(prefix, value, True)]
-    produced = 0
-    while stack and produced < _MAX_JSON_FIELDS:
-        name, node, top = stack.pop()
-        produced += 1
+    Raises :class:`TooManyFields` for a document of more than ``limit`` values (objects and arrays count too)."""
+    skipped = prompt_paths(value)
+    pending: deque[tuple[Path, Any]] = deque([((), value)])
+    seen = 1
+    while pending:
+        path, node = pending.popleft()
+        if isinstance(node, (dict, list)):
+            seen += len(node)
+            if seen > limit:
+                raise TooManyFields(limit)
         if isinstance(node, dict):
-            chat = top and isinstance(node.get("messages"), list)
-            for key, child in node.items():
-                key = str(key)
-                if top and key in PROMPT_KEYS:
-                    continue
-                if chat and key == "messages":
-                    stack.extend(_messages(f"{name}.messages", child))
-                    continue
-                if top and key in ("tools", "functions") and isinstance(child, list):
-                    stack.extend(_tools(f"{name}.{key}", child))
-                    continue
-                stack.append((f"{name}.{key}", child, False))
+            pending.extendleft(reversed([((*path, str(key)), child) for key, child in node.items()]))
         elif isinstance(node, list):
-            stack.extend((f"{name}.{i}", child, False) for i, child in enumerate(node))
-        elif isinstance(node, str):
-            yield name, node
-        elif isinstance(node, bool):
-            yield name, "true" if node else "false"
-        elif node is not None:
-            yield name, str(node)
-
-
-def _without(node: Any, keys: frozenset[str]) -> Any:
-    return {k: v for k, v in node.items() if k not in keys} if isinstance(node, dict) else node
-
-
-def _tools(name: str, tools: list[Any]) -> Iterator[tuple[str, Any, bool]]:
-    for i, tool in enumerate(tools):
-        if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
-            tool = {**tool, "function": _without(tool["function"], _TOOL_PROMPT_KEYS)}
-        yield f"{name}.{i}", _without(tool, _TOOL_PROMPT_KEYS), False
-
-
-def _tool_calls(calls: Any) -> Any:
-    if not isinstance(calls, list):
-        return calls
-    return [{**call, "function": _without(call["function"], frozenset({"arguments"}))}
-            if isinstance(call, dict) and isinstance(call.get("function"), dict) else call for call in calls]
-
-
-def _messages(name: str, messages: list[Any]) -> Iterator[tuple[str, Any, bool]]:
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            yield f"{name}.{i}", message, False
+            pending.extendleft(reversed([((*path, i), child) for i, child in enumerate(node)]))
+        elif path in skipped:
             continue
-        for key, child in message.items():
-            if key == "content" and (isinstance(child, str) or _chat_text_parts(child)):
-                if isinstance(child, list):
-                    for j, part in enumerate(child):
-                        rest = {k: v for k, v in part.items() if k != "text"}
-                        yield f"{name}.{i}.content.{j}", rest, False
-                continue
-            if key == "tool_calls":
-                child = _tool_calls(child)
-            elif key == "function_call":
-                child = _without(child, frozenset({"arguments"}))
-            yield f"{name}.{i}.{key}", child, False
+        elif isinstance(node, str):
+            yield _name(prefix, path), node
+        elif isinstance(node, bool):
+            yield _name(prefix, path), "true" if node else "false"
+        elif node is not None:
+            yield _name(prefix, path), str(node)
+
+
+def _name(prefix: str, path: Path) -> str:
+    return ".".join((prefix, *map(str, path)))
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
@@ -173,9 +141,9 @@ _URI_VARIABLES = ("REQUEST_BASENAME", "REQUEST_URI", "REQUEST_URI_RAW", "REQUEST
 def collect(method: str, path: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]],
             body: bytes | None, media_type: str | None, parsed_json: Any = None, *,
             inspect_headers: bool = True, inspect_json: bool = True, http_version: str = "1.1",
-            wanted: frozenset[str] | None = None) -> Collections:
+            wanted: frozenset[str] | None = None, max_fields: int = DEFAULT_MAX_FIELDS) -> Collections:
     """The collections of one request (see the module docstring); only ``wanted`` ones if given (the
-    argument, header and cookie collections are always built)."""
+    argument, header and cookie collections are always built). Raises :class:`TooManyFields`."""
     query_text = decode_bytes(query)
     args_get = parse_form(query_text) if query_text else []
     found: Collections = {"REQUEST_METHOD": [("", method)], "REQUEST_FILENAME": [("", path)], "ARGS_GET": args_get}
@@ -208,7 +176,8 @@ def collect(method: str, path: str, raw_path: bytes, query: bytes, headers: list
     found["REQUEST_COOKIES_NAMES"] = [(name, name) for name, _ in cookies]
     args_post: list[Pair] = []
     if body:
-        args_post = _body_args(found, body, media_type or "", content_type, parsed_json, inspect_json)
+        args_post = _body_args(found, body, media_type or "", content_type, parsed_json, inspect_json,
+                               max_fields)
     found["ARGS_POST"] = args_post
     found["ARGS"] = args_get + args_post
     get_names = [(name, name) for name, _ in args_get]
@@ -221,19 +190,11 @@ def collect(method: str, path: str, raw_path: bytes, query: bytes, headers: list
 
 
 def _body_args(found: Collections, body: bytes, media_type: str, content_type: str, parsed_json: Any,
-               inspect_json: bool) -> list[Pair]:
-    if media_type == "application/json" or media_type.endswith("+json"):
-        if not inspect_json:
-            return []
-        if parsed_json is None:
-            import json
-
-            try:
-                parsed_json = json.loads(body)
-            except (ValueError, RecursionError):
-                found["REQUEST_BODY"] = [("", decode_bytes(body))]
-                return []
-        return list(json_fields(parsed_json))
+               inspect_json: bool, max_fields: int) -> list[Pair]:
+    if parsed_json is None:
+        parsed_json = parse_body(body, media_type)
+    if parsed_json is not None:
+        return list(json_fields(parsed_json, limit=max_fields)) if inspect_json else []
     text = decode_bytes(body)
     if media_type == "multipart/form-data":
         fields, files = parse_multipart(text, content_type)
