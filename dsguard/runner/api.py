@@ -31,9 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..context import RequestContext
 from ..limits.tokens import USAGE_ATTRIBUTE
-from ..types import ASGIApp, Message, Receive, Scope, Send
+from ..types import Receive, Scope, Send
 from .engine import (
     Engine,
     EngineClosed,
@@ -43,6 +42,7 @@ from .engine import (
     InvalidGenerationRequest,
     PromptTooLong,
 )
+from .http_errors import InternalErrors, context_of, error_response, http_error
 from .metrics import RunnerMetrics
 from .schema import InvalidRequest, Options, check_model, parse_chat, parse_completion
 from .text import Delta
@@ -67,22 +67,6 @@ def _dumps(value: object) -> bytes:
 
 def _event(value: object) -> bytes:
     return b"data: " + _dumps(value) + b"\n\n"
-
-
-def _context(scope: Scope) -> RequestContext | None:
-    ctx = scope.get("dsguard")
-    return ctx if isinstance(ctx, RequestContext) else None
-
-
-def error_response(scope: Scope, status: int, message: str, *, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """OpenAI's error object, with the guard's request id when the call went through the guard."""
-    body: dict[str, Any] = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    ctx = _context(scope)
-    if ctx is not None:
-        body["request_id"] = ctx.request_id
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Call:
@@ -125,7 +109,7 @@ class Call:
             return
         self.settled = True
         usage = self.usage
-        ctx = _context(self.scope)
+        ctx = context_of(self.scope)
         if ctx is not None:
             ctx.attributes[USAGE_ATTRIBUTE] = usage
         self.metrics.record(self.operation, duration=time.perf_counter() - self.started,
@@ -349,7 +333,7 @@ class RunnerAPI:
 
 
 async def _json_body(request: Request) -> object:
-    ctx = _context(request.scope)
+    ctx = context_of(request.scope)
     if ctx is not None and isinstance(ctx.json, dict):
         body: object = ctx.json
     else:
@@ -384,43 +368,6 @@ def _encodable(value: object) -> bool:
     return True
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 404:
-        return error_response(request.scope, 404, f"Unknown request URL: {request.method} {request.url.path}.",
-                              code="unknown_url")
-    if status == 405:
-        return error_response(request.scope, 405, f"Method {request.method} is not allowed on {request.url.path}.",
-                              code="method_not_allowed")
-    return error_response(request.scope, status, "The request could not be served.", type="server_error")
-
-
-class InternalErrors:
-    """The catch-all: whatever escapes a route is logged and answered as a 500 ``internal_error`` in OpenAI's
-    error shape, without its details (a response already started is cut short); never a plain-text 500."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched_send)
-        except Exception:
-            logger.exception("runner: %s %s failed", scope.get("method"), scope.get("path"))
-            if scope["type"] == "http" and not started:
-                response = error_response(scope, 500, "The server had an error while processing the request.",
-                                          type="server_error", code="internal_error")
-                await response(scope, receive, send)
-
-
 def create_app(engine: Engine, *, meter_provider: MeterProvider | None = None, owns_engine: bool = False) -> Starlette:
     """The OpenAI-compatible app over ``engine``; metrics go to ``meter_provider`` (else the global one).
 
@@ -441,4 +388,4 @@ def create_app(engine: Engine, *, meter_provider: MeterProvider | None = None, o
         Route("/v1/completions", api.complete, methods=["POST"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{model:path}", api.model, methods=["GET"]),
-    ], exception_handlers={HTTPException: _http_error}, middleware=[Middleware(InternalErrors)])
+    ], exception_handlers={HTTPException: http_error}, middleware=[Middleware(InternalErrors)])
