@@ -335,13 +335,12 @@ class RunnerAPI:
 async def _json_body(request: Request) -> object:
     ctx = context_of(request.scope)
     if ctx is not None and isinstance(ctx.json, dict):
-        body: object = ctx.json
-    else:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
+        return ctx.json  # the guard's JSON check parsed it and refused unpaired surrogates
+    raw = await request.body()
+    try:
+        body: object = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
     if not _encodable(body):
         raise InvalidRequest("The request body is not valid JSON: a string holds a lone UTF-16 surrogate.",
                              code="invalid_json")
