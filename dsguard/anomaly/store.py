@@ -25,12 +25,12 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from ..storage import StorageError
+from ..storage.outage import COOLDOWN, Outage
 from .baseline import Baseline
 from .features import FLOORS, Event, WindowStats, next_gap_stats
 
 logger = logging.getLogger("dsguard.anomaly")
 
-COOLDOWN = 1.0
 MAX_DISTINCT = 4096
 T = TypeVar("T")
 
@@ -215,32 +215,22 @@ class FailoverStore:
         self.fallback = fallback
         self.cooldown = cooldown
         self.fallbacks = 0
-        self._monotonic = monotonic
-        self._down_until = 0.0
-        self._down = False
+        self.outage = Outage("anomaly storage", shared="behaviour is shared again", local="scoring per process",
+                             has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=monotonic)
 
     async def _run(self, operation: Callable[[Store], Awaitable[T]]) -> T:
-        if not self._down or self._monotonic() >= self._down_until:
+        if self.outage.worth_trying():
             try:
                 result = await operation(self.primary)
             except StorageError as exc:
-                self._failed(exc)
+                self.outage.failed(exc)
             else:
-                if self._down:
-                    self._down = False
-                    logger.warning("anomaly storage answers again; behaviour is shared again")
+                self.outage.answered()
                 return result
         if self.fallback is None:
             raise StorageError("anomaly storage is unavailable")
         self.fallbacks += 1
         return await operation(self.fallback)
-
-    def _failed(self, exc: StorageError) -> None:
-        self._down_until = self._monotonic() + self.cooldown
-        if not self._down:
-            self._down = True
-            action = "scoring per process" if self.fallback is not None else "refusing calls"
-            logger.warning("anomaly storage failed (%s); %s until it answers again", exc, action)
 
     async def record(self, key: str, event: Event, now: float) -> Snapshot:
         return await self._run(lambda store: store.record(key, event, now))

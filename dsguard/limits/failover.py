@@ -13,11 +13,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from ..storage.outage import COOLDOWN, Outage
 from . import Bucket, Limiter, StorageError, Verdict
 
 logger = logging.getLogger("dsguard.limits")
-
-COOLDOWN = 1.0
 
 
 class FailoverLimiter:
@@ -29,33 +28,23 @@ class FailoverLimiter:
         self.fallback = fallback
         self.cooldown = cooldown
         self.fallbacks = 0
-        self._clock = clock
-        self._down_until = 0.0
-        self._down = False
+        self.outage = Outage("rate limit storage", shared="limits are shared again", local="limiting per process",
+                             has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=clock)
 
     async def acquire(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> tuple[Verdict, Limiter]:
         """The verdict, and the limiter that gave it (refunds go back to that one)."""
-        if not self._down or self._clock() >= self._down_until:
+        if self.outage.worth_trying():
             try:
                 verdict = await self.primary.acquire(buckets, costs)
             except StorageError as exc:
-                self._failed(exc)
+                self.outage.failed(exc)
             else:
-                if self._down:
-                    self._down = False
-                    logger.warning("rate limit storage answers again; limits are shared again")
+                self.outage.answered()
                 return verdict, self.primary
         if self.fallback is None:
             raise StorageError("rate limit storage is unavailable")
         self.fallbacks += 1
         return await self.fallback.acquire(buckets, costs), self.fallback
-
-    def _failed(self, exc: StorageError) -> None:
-        self._down_until = self._clock() + self.cooldown
-        if not self._down:
-            self._down = True
-            action = "limiting per process" if self.fallback is not None else "refusing calls"
-            logger.warning("rate limit storage failed (%s); %s until it answers again", exc, action)
 
     async def close(self) -> None:
         try:
