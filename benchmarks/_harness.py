@@ -133,6 +133,18 @@ def time_in_process(apps: Mapping[str, ASGIApp], request: BenchRequest, *, itera
     return asyncio.run(main())
 
 
+def all_answer_200(apps: Mapping[str, ASGIApp], request: BenchRequest) -> bool:
+    """Call each app once with ``request``, print each status, and tell whether all said 200."""
+    ok = True
+    width = max(map(len, apps), default=0)
+    for name, app in apps.items():
+        status, body = asyncio.run(call_asgi(app, request))
+        good = status == 200
+        ok &= good
+        print(f"  {'ok  ' if good else 'FAIL'} {name:{width}} -> {status}" + ("" if good else f" {body[:200]!r}"))
+    return ok
+
+
 def time_calls(calls: Mapping[str, Callable[[], object]], *, number: int, repeats: int = 5) -> dict[str, float]:
     """Microseconds per call of each synchronous callable, best of ``repeats``."""
     return {name: min(timeit.repeat(fn, number=number, repeat=repeats)) / number * 1e6 for name, fn in calls.items()}

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import BenchRequest, call_asgi, environment, median, positive_int, table, time_in_process
+from _harness import BenchRequest, all_answer_200, call_asgi, environment, median, positive_int, table, time_in_process
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from overhead import DSGUARD_TOML, bare_app, bench_request
@@ -70,16 +70,6 @@ def build_stacks(folder: Path) -> tuple[dict[str, ASGIApp], dict[str, Guard]]:
     apps: dict[str, ASGIApp] = {"bare": bare_app()}
     apps.update({name: dsguard.GuardMiddleware(bare_app(), config=guard) for name, guard in guards.items()})
     return apps, guards
-
-
-def sanity(apps: dict[str, ASGIApp], request: BenchRequest) -> bool:
-    ok = True
-    for name, app in apps.items():
-        status, body = asyncio.run(call_asgi(app, request))
-        good = status == 200
-        ok &= good
-        print(f"  {'ok  ' if good else 'FAIL'} {name:22} -> {status}" + ("" if good else f" {body[:200]!r}"))
-    return ok
 
 
 def cpu_per_request(apps: dict[str, ASGIApp], guards: dict[str, Guard], request: BenchRequest,
@@ -231,7 +221,7 @@ def main() -> int:
             report_durability(folder, request, args)
             return 0
         print("\nsanity:")
-        if not sanity(apps, request):
+        if not all_answer_200(apps, request):
             return 1
         runs = time_in_process(apps, request, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup)
         base, guarded = median(runs["bare"]), median(runs["dsguard"])

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from _harness import BenchRequest, call_asgi, environment, median, positive_int, table, time_in_process
+from _harness import all_answer_200, environment, median, positive_int, table, time_in_process
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from overhead import DSGUARD_TOML, bare_app, bench_request
@@ -60,16 +60,6 @@ def build_stacks() -> tuple[dict[str, ASGIApp], Guard, DroppingExporter]:
     return apps, measured, exporter
 
 
-def sanity(apps: dict[str, ASGIApp], request: BenchRequest) -> bool:
-    ok = True
-    for name, app in apps.items():
-        status, body = asyncio.run(call_asgi(app, request))
-        good = status == 200
-        ok &= good
-        print(f"  {'ok  ' if good else 'FAIL'} {name:18} -> {status}" + ("" if good else f" {body[:200]!r}"))
-    return ok
-
-
 def scrape_cost(guard: Guard, number: int) -> tuple[float, int]:
     endpoint = guard.endpoints["/metrics"]
 
@@ -100,7 +90,7 @@ def main() -> int:
     apps, measured, exporter = build_stacks()
     print("\n".join(environment(PACKAGES)))
     print(f"request: {request.method} {request.target}, {len(request.body)}-byte JSON body\n\nsanity:")
-    if not sanity(apps, request):
+    if not all_answer_200(apps, request):
         return 1
     runs = time_in_process(apps, request, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup)
     base, guarded = median(runs["bare"]), median(runs["dsguard"])
