@@ -298,10 +298,19 @@ def test_a_model_file_not_written_by_train_is_a_config_error(clock: SimClock, tm
 
 
 
-def test_an_anomaly_section_puts_both_checks_into_the_guard_pipeline() -> None:
+def test_calls_refused_by_the_first_checks_are_recorded_too(clock: SimClock, scorings: Scorings) -> None:
+    checks = build_checks(anomaly_section("flag"), clock, scorings)
+    with served(checks) as url:
+        response = httpx.request("TRACE", url + "/v1/models")
+        scorings.wait(1)
+    assert response.status_code == 405
+    assert scorings.seen[0].window.denied == 1
+
+
+def test_an_anomaly_section_puts_its_checks_into_the_guard_pipeline() -> None:
     guard = GuardMiddleware(app(), config=config(OPEN + anomaly_section("block")))
     stages = {check.name: check.stage for check in guard.guard.pipeline.checks}
-    assert (stages["anomaly-ip"], stages["anomaly"]) == ("pre-auth", "anomaly")
+    assert (stages["anomaly-observe"], stages["anomaly-ip"], stages["anomaly"]) == ("transport", "pre-auth", "anomaly")
     with run_uvicorn(guard) as url:
         response = httpx.get(url + "/v1/models")
     assert response.status_code == 200

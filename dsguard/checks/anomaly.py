@@ -155,20 +155,32 @@ class Enforcer:
                           retry_after=1)
 
 
+class AnomalyObserver:
+    """Records every call after its response, the ones the first checks refuse included (405, 413, bad JSON)."""
+
+    name = "anomaly-observe"
+    stage = "transport"
+    priority = -100
+
+    def __init__(self, recorder: AnomalyRecorder) -> None:
+        self.recorder = recorder
+
+    def check(self, ctx: RequestContext) -> None:
+        ctx.after(self.recorder)
+
+
 class AnomalyIPCheck:
-    """Records every call (after its response) and enforces sanctions on client addresses."""
+    """Enforces sanctions on client addresses, before the identity checks spend anything on them."""
 
     name = "anomaly-ip"
     stage = "pre-auth"
     priority = -10
 
-    def __init__(self, recorder: AnomalyRecorder, enforcer: Enforcer, mode: str | None = None) -> None:
-        self.recorder = recorder
+    def __init__(self, enforcer: Enforcer, mode: str | None = None) -> None:
         self.enforcer = enforcer
         self.mode = mode
 
     def check(self, ctx: RequestContext) -> Outcome:
-        ctx.after(self.recorder)
         key = ip_key(ctx)
         return None if key is None else self.enforcer.enforce(ctx, key)
 
@@ -251,4 +263,5 @@ def build(config: Config, services: Services, *, clock: Clock = time.time,
                     identity_warmup=section.identity_warmup, min_requests=section.min_requests, model=model)
     recorder = AnomalyRecorder(store, scorer, settings, hold=section.hold, clock=clock, listener=listener)
     enforcer = Enforcer(store, section.action, limiter, bucket_specs("anomaly", section.throttle_rate), clock)
-    return [AnomalyIPCheck(recorder, enforcer, section.mode), AnomalyCheck(enforcer, store, limiter, section.mode)]
+    return [AnomalyObserver(recorder), AnomalyIPCheck(enforcer, section.mode),
+            AnomalyCheck(enforcer, store, limiter, section.mode)]
