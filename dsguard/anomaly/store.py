@@ -24,8 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ..storage import StorageError
-from ..storage.outage import COOLDOWN, Outage
+from ..storage.outage import COOLDOWN, Failover, Outage
 from .baseline import Baseline
 from .features import FLOORS, Event, WindowStats, next_gap_stats
 
@@ -211,26 +210,16 @@ class FailoverStore:
 
     def __init__(self, primary: Store, fallback: Store | None = None, *, cooldown: float = COOLDOWN,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.primary = primary
-        self.fallback = fallback
-        self.cooldown = cooldown
-        self.fallbacks = 0
-        self.outage = Outage("anomaly storage", shared="behaviour is shared again", local="scoring per process",
-                             has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=monotonic)
+        outage = Outage("anomaly storage", shared="behaviour is shared again", local="scoring per process",
+                        has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=monotonic)
+        self.failover: Failover[Store] = Failover(primary, fallback, outage)
+
+    @property
+    def fallbacks(self) -> int:
+        return self.failover.fallbacks
 
     async def _run(self, operation: Callable[[Store], Awaitable[T]]) -> T:
-        if self.outage.worth_trying():
-            try:
-                result = await operation(self.primary)
-            except StorageError as exc:
-                self.outage.failed(exc)
-            else:
-                self.outage.answered()
-                return result
-        if self.fallback is None:
-            raise StorageError("anomaly storage is unavailable")
-        self.fallbacks += 1
-        return await operation(self.fallback)
+        return (await self.failover.run(operation))[0]
 
     async def record(self, key: str, event: Event, now: float) -> Snapshot:
         return await self._run(lambda store: store.record(key, event, now))
@@ -245,11 +234,7 @@ class FailoverStore:
         return await self._run(lambda store: store.sanction_of(key, now))
 
     async def close(self) -> None:
-        try:
-            await self.primary.close()
-        finally:
-            if self.fallback is not None:
-                await self.fallback.close()
+        await self.failover.close()
 
 
 def open_store(url: str, settings: StoreSettings) -> Store:

@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from ..storage.outage import COOLDOWN, Outage
-from . import Bucket, Limiter, StorageError, Verdict
+from ..storage.outage import COOLDOWN, Failover, Outage
+from . import Bucket, Limiter, Verdict
 
 logger = logging.getLogger("dsguard.limits")
 
@@ -24,31 +24,17 @@ class FailoverLimiter:
 
     def __init__(self, primary: Limiter, fallback: Limiter | None = None, *, cooldown: float = COOLDOWN,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.primary = primary
-        self.fallback = fallback
-        self.cooldown = cooldown
-        self.fallbacks = 0
-        self.outage = Outage("rate limit storage", shared="limits are shared again", local="limiting per process",
-                             has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=clock)
+        outage = Outage("rate limit storage", shared="limits are shared again", local="limiting per process",
+                        has_fallback=fallback is not None, logger=logger, cooldown=cooldown, clock=clock)
+        self.failover: Failover[Limiter] = Failover(primary, fallback, outage)
+
+    @property
+    def fallbacks(self) -> int:
+        return self.failover.fallbacks
 
     async def acquire(self, buckets: Sequence[Bucket], costs: Sequence[int]) -> tuple[Verdict, Limiter]:
         """The verdict, and the limiter that gave it (refunds go back to that one)."""
-        if self.outage.worth_trying():
-            try:
-                verdict = await self.primary.acquire(buckets, costs)
-            except StorageError as exc:
-                self.outage.failed(exc)
-            else:
-                self.outage.answered()
-                return verdict, self.primary
-        if self.fallback is None:
-            raise StorageError("rate limit storage is unavailable")
-        self.fallbacks += 1
-        return await self.fallback.acquire(buckets, costs), self.fallback
+        return await self.failover.run(lambda limiter: limiter.acquire(buckets, costs))
 
     async def close(self) -> None:
-        try:
-            await self.primary.close()
-        finally:
-            if self.fallback is not None:
-                await self.fallback.close()
+        await self.failover.close()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+from . import StorageError
 
 COOLDOWN = 1.0
 
@@ -42,3 +45,43 @@ class Outage:
         if self._down:
             self._down = False
             self.logger.warning("%s answers again; %s", self.store, self.shared)
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+B = TypeVar("B", bound=_Closable)
+T = TypeVar("T")
+
+
+class Failover(Generic[B]):
+    """A shared backend, and for ``local-fallback`` a per-process one used while the shared one is down."""
+
+    def __init__(self, primary: B, fallback: B | None, outage: Outage) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.outage = outage
+        self.fallbacks = 0
+
+    async def run(self, operation: Callable[[B], Awaitable[T]]) -> tuple[T, B]:
+        """``operation`` on the shared backend, else on the fallback; the result and the backend that gave it."""
+        if self.outage.worth_trying():
+            try:
+                result = await operation(self.primary)
+            except StorageError as exc:
+                self.outage.failed(exc)
+            else:
+                self.outage.answered()
+                return result, self.primary
+        if self.fallback is None:
+            raise StorageError(f"{self.outage.store} is unavailable")
+        self.fallbacks += 1
+        return await operation(self.fallback), self.fallback
+
+    async def close(self) -> None:
+        try:
+            await self.primary.close()
+        finally:
+            if self.fallback is not None:
+                await self.fallback.close()
