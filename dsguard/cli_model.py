@@ -136,7 +136,7 @@ def _has_graph(bundle: Path, dtype: str) -> bool:
 @click.argument("spec", metavar="BUNDLE|bundled:NAME")
 def info(spec: str) -> None:
     """Print a bundle's model shape, tokenizer, graphs by dtype and files with their sizes."""
-    from .runner.bundle import DTYPES, model_filename
+    from .runner.bundle import DTYPES, model_filename, open_bundle
     from .runner.errors import BundleError
     from .runner.quantize import files_bytes
     from .runner.shape import ModelShape
@@ -146,28 +146,35 @@ def info(spec: str) -> None:
     with operator_errors():
         directory = resolve_model(spec)
         config_path = directory / "config.json"
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BundleError("missing", file=config_path) from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"unreadable JSON: {exc}", file=config_path) from None
-        shape = ModelShape.from_config(config, source=str(config_path))
-        tokenizer = ChatTokenizer.from_bundle(directory)
+        graphs = {dtype: directory / "onnx" / model_filename(dtype) for dtype in DTYPES}
+        if not config_path.is_file() and (directory / "genai_config.json").is_file():
+            builder = open_bundle(directory, "fp32")  # one graph, named by genai_config.json
+            genai = json.loads((directory / "genai_config.json").read_text(encoding="utf-8"))
+            config = {"model_type": f"{genai['model'].get('type', '?')} (onnxruntime-genai model builder)"}
+            shape, tokenizer, graphs = builder.shape, builder.tokenizer, {"graph": builder.model_path}
+        else:
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise BundleError("missing", file=config_path) from None
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BundleError(f"unreadable JSON: {exc}", file=config_path) from None
+            shape = ModelShape.from_config(config, source=str(config_path))
+            tokenizer = ChatTokenizer.from_bundle(directory)
     click.echo(f"bundle      {directory}")
     click.echo(f"model       {config.get('model_type', '?')}, {shape.num_hidden_layers} layers, hidden "
                f"{shape.hidden_size}, {shape.num_attention_heads} heads ({shape.num_key_value_heads} key/value) of "
                f"{shape.head_dim}, intermediate {shape.intermediate_size}, {shape.num_parameters() / 1e6:.1f}M "
                "parameters")
-    click.echo(f"context     {shape.max_position_embeddings} positions, rope theta {shape.rope_theta:g}")
+    rope = "rotary tables in the graph" if "graph" in graphs else f"rope theta {shape.rope_theta:g}"
+    click.echo(f"context     {shape.max_position_embeddings} positions, {rope}")
     eos = ", ".join(str(token) for token in sorted(tokenizer.eos_token_ids))
     click.echo(f"tokenizer   {tokenizer.vocab_size} tokens, bos {tokenizer.bos_token_id}, eos {eos}, model vocab "
                f"{shape.vocab_size}")
     click.echo("dtypes")
-    for dtype in DTYPES:
-        path = directory / "onnx" / model_filename(dtype)
+    for dtype, path in graphs.items():
         if path.is_file():
-            click.echo(f"  {dtype:<7}{_human(files_bytes(path)):>11}  onnx/{path.name}")
+            click.echo(f"  {dtype:<7}{_human(files_bytes(path)):>11}  {path.relative_to(directory)}")
     click.echo("files")
     for path in sorted(item for item in directory.rglob("*") if item.is_file() and not item.name.startswith(".")):
         click.echo(f"  {_human(path.stat().st_size):>11}  {path.relative_to(directory)}")

@@ -11,6 +11,8 @@ from click.testing import CliRunner, Result
 from dsguard.cli import main
 from dsguard.runner.tiny import FORMAT_VERSION
 
+from .genai_builder import builder_bundle
+
 
 def dsguard(*args: str) -> Result:
     return CliRunner().invoke(main, ["model", *args])
@@ -152,3 +154,12 @@ def test_info_names_a_missing_bundle(tmp_path: Path) -> None:
     result = dsguard("info", str(tmp_path / "absent"))
     assert result.exit_code == 1
     assert result.output == f"Error: {tmp_path / 'absent'}: model bundle directory does not exist\n"
+
+
+def test_info_reads_a_model_builder_folder(tmp_path: Path) -> None:
+    folder = builder_bundle("int4", tmp_path / "builder")
+    result = CliRunner().invoke(main, ["model", "info", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "qwen2 (onnxruntime-genai model builder), 2 layers, hidden 128" in result.output
+    assert "intermediate 384" in result.output and "rotary tables in the graph" in result.output
+    assert "graph" in result.output and "model.onnx" in result.output

@@ -430,13 +430,13 @@ def test_bundle_with_fewer_layers_than_configured_is_refused(bundle: Path, tmp_p
         open_bundle(copy, "fp32")
 
 
-def test_shared_buffer_attention_graph_is_refused(bundle: Path, tmp_path: Path) -> None:
+def test_paged_attention_graph_is_refused(bundle: Path, tmp_path: Path) -> None:
     copy = copy_bundle(bundle, tmp_path / "b")
-    node = helper.make_node("GroupQueryAttention", ["q"], ["y"], domain="com.microsoft")
+    node = helper.make_node("PagedAttention", ["q"], ["y"], domain="com.microsoft")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph), str(copy / "onnx" / "model.onnx"))
-    with pytest.raises(BundleError, match="GroupQueryAttention"):
+    with pytest.raises(BundleError, match="PagedAttention, which needs a paged key/value cache"):
         open_bundle(copy, "fp32")
 
 

@@ -1,7 +1,10 @@
 """Opening a model bundle for one dtype and checking that its graph is one the runner can drive.
 
 Two layouts are read: Hugging Face / Optimum exports (``onnx/model_<dtype>.onnx`` beside ``config.json``)
-and onnxruntime-genai model-builder folders (``genai_config.json`` naming the decoder file and its I/O).
+and onnxruntime-genai model-builder folders (``genai_config.json`` naming the decoder file, its I/O and its
+shape; ``config.json`` and ``generation_config.json`` are then optional). Model-builder graphs attend with
+GroupQueryAttention, which reads each row's length from ``attention_mask`` and writes the key/value cache
+in place: the session drives them the way it drives its own fused graphs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from dsguard.runner.tokenizer import ChatTokenizer
 DTYPES = ("fp32", "fp16", "int8", "q4", "q4f16")
 DYNAMIC_QUANTIZATION_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul",
                                       "MatMulIntegerToFloat"})
-SHARED_BUFFER_OPS = frozenset({"GroupQueryAttention", "PagedAttention"})
+IN_PLACE_ATTENTION = "GroupQueryAttention"
+UNSUPPORTED_OPS = frozenset({"PagedAttention"})
+"""Attention over a paged cache the host would have to manage block by block."""
 
 _KV_TYPES: dict[int, np.dtype[Any]] = {onnx.TensorProto.FLOAT: np.dtype(np.float32),
                                        onnx.TensorProto.FLOAT16: np.dtype(np.float16)}
@@ -73,6 +78,9 @@ class Bundle:
     eos_token_ids: frozenset[int]
     dynamic_quantization: bool
     """Activations are quantized per call (not per row): batching would make requests change each other."""
+    in_place_attention: bool = False
+    """The graph attends with GroupQueryAttention (model-builder layout): rows right-padded, each row's length
+    read from ``attention_mask``, the cache written in place into buffers with room to grow."""
     memory: MemoryGraph | None = None
     """The decrypted graph and external data of an encrypted bundle (never written to disk)."""
 
@@ -92,23 +100,35 @@ def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = N
     if not directory.is_dir():
         raise BundleError("model bundle directory does not exist", file=directory)
     manifest = check_manifest(directory, policy)
-    shape = ModelShape.from_config(_read_json(directory / "config.json"), source=str(directory / "config.json"))
-    eos = _generation_eos(directory / "generation_config.json")
+    config_path, genai_path = directory / "config.json", directory / "genai_config.json"
+    genai = _read_json(genai_path) if genai_path.is_file() else None
     model_path = directory / "onnx" / model_filename(dtype)
     names = GraphNames()
-    genai_path = directory / "genai_config.json"
-    if not model_path.is_file() and genai_path.is_file():
-        model_path, names = _genai_decoder(genai_path)
+    if genai is not None and (not model_path.is_file() or not config_path.is_file()):
+        model_path, names = _genai_decoder(genai_path, genai)
     sealed = encrypted_path(model_path).is_file()
     if not sealed and not model_path.is_file():
         raise BundleError(f"no ONNX graph for dtype {dtype!r}", file=model_path)
     memory = load_encrypted_graph(directory, model_path, policy, manifest) if sealed else None
+    model = _load_graph(model_path, memory)
+    if config_path.is_file() or genai is None:
+        shape = ModelShape.from_config(_read_json(config_path), source=str(config_path))
+    else:
+        shape = _genai_shape(genai_path, genai, model)
+    generation_path = directory / "generation_config.json"
+    if generation_path.is_file() or genai is None:
+        eos = _eos_ids(_read_json(generation_path).get("eos_token_id"), generation_path, "eos_token_id")
+    else:
+        section = genai.get("model")
+        eos = _eos_ids(section.get("eos_token_id") if isinstance(section, dict) else None, genai_path,
+                       "model.eos_token_id")
     tokenizer = ChatTokenizer.from_bundle(directory)
-    graph = _GraphCheck(model_path, names, shape, memory)
+    graph = _GraphCheck(model_path, model, names, shape)
     return Bundle(directory=directory, dtype=dtype, model_path=model_path, shape=shape, tokenizer=tokenizer,
                   names=names, kv_dtype=graph.kv_dtype, logits_dtype=graph.logits_dtype,
                   eos_token_ids=frozenset(tokenizer.eos_token_ids) | eos,
-                  dynamic_quantization=graph.dynamic_quantization, memory=memory)
+                  dynamic_quantization=graph.dynamic_quantization, in_place_attention=graph.in_place_attention,
+                  memory=memory)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -123,17 +143,66 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _generation_eos(path: Path) -> frozenset[int]:
-    config = _read_json(path)
-    eos = config.get("eos_token_id")
+def _eos_ids(eos: object, path: Path, key: str) -> frozenset[int]:
     ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise BundleError(f"expected a token id or a list of them, got {eos!r}", file=path, key="eos_token_id")
+        raise BundleError(f"expected a token id or a list of them, got {eos!r}", file=path, key=key)
     return frozenset(ids)
 
 
-def _genai_decoder(path: Path) -> tuple[Path, GraphNames]:
-    decoder = _read_json(path).get("model", {}).get("decoder")
+def _load_graph(path: Path, memory: MemoryGraph | None) -> onnx.ModelProto:
+    """The graph without its external weights (or the decrypted one)."""
+    try:
+        return memory.model() if memory is not None else onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError, OSError and others for a damaged file
+        raise BundleError(f"not a readable ONNX model: {error}", file=path) from None
+
+
+def _genai_shape(path: Path, genai: Mapping[str, Any], model: onnx.ModelProto) -> ModelShape:
+    """The shape of a model-builder folder without ``config.json``: ``genai_config.json`` and the graph's MLP."""
+    section = genai.get("model")
+    decoder = section.get("decoder") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not isinstance(decoder, dict):
+        raise BundleError("expected model.decoder", file=path, key="model.decoder")
+    keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+    config: dict[str, Any] = {key: decoder[key] for key in keys if key in decoder}
+    config |= {key: section[source] for key, source in (("vocab_size", "vocab_size"),
+                                                          ("max_position_embeddings", "context_length"))
+               if source in section}
+    config["intermediate_size"] = _mlp_width(model, path)
+    try:
+        shape = ModelShape.from_config(config, source=str(path))
+    except BundleError as error:
+        raise BundleError(error.message, file=path, key=_GENAI_KEYS.get(error.key or "", error.key)) from None
+    head_size = decoder.get("head_size", shape.head_dim)
+    if head_size != shape.head_dim:
+        raise BundleError(f"{head_size} does not match hidden_size / num_attention_heads = {shape.head_dim}",
+                          file=path, key="model.decoder.head_size")
+    return shape
+
+
+_GENAI_KEYS = {"vocab_size": "model.vocab_size", "max_position_embeddings": "model.context_length",
+               **{key: f"model.decoder.{key}" for key in ("hidden_size", "num_attention_heads",
+                                                          "num_key_value_heads", "num_hidden_layers")}}
+
+
+def _mlp_width(model: onnx.ModelProto, path: Path) -> int:
+    """The MLP's inner width, read off the first down projection (``MatMul`` weight rows or ``MatMulNBits`` K)."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if "down_proj" not in node.name:
+            continue
+        if node.op_type == "MatMulNBits":
+            return next(int(a.i) for a in node.attribute if a.name == "K")
+        if node.op_type == "MatMul" and node.input[1] in initializers:
+            return int(initializers[node.input[1]].dims[0])
+    raise BundleError("cannot read the MLP width from the graph (no down_proj MatMul); put the model's "
+                      "config.json beside genai_config.json", file=path)
+
+
+def _genai_decoder(path: Path, genai: Mapping[str, Any]) -> tuple[Path, GraphNames]:
+    section = genai.get("model")
+    decoder = section.get("decoder") if isinstance(section, dict) else None
     if not isinstance(decoder, dict) or not isinstance(decoder.get("filename"), str):
         raise BundleError("expected model.decoder.filename", file=path, key="model.decoder")
     inputs, outputs = decoder.get("inputs", {}), decoder.get("outputs", {})
@@ -163,19 +232,16 @@ def _genai_decoder(path: Path) -> tuple[Path, GraphNames]:
 class _GraphCheck:
     """The decoder graph's I/O against the contract and ``config.json``, read without external weights."""
 
-    def __init__(self, path: Path, names: GraphNames, shape: ModelShape, memory: MemoryGraph | None = None) -> None:
+    def __init__(self, path: Path, model: onnx.ModelProto, names: GraphNames, shape: ModelShape) -> None:
         self.path = path
-        try:
-            model = memory.model() if memory is not None else onnx.load(str(path), load_external_data=False)
-        except Exception as error:  # onnx raises DecodeError, OSError and others for a damaged file
-            raise BundleError(f"not a readable ONNX model: {error}", file=path) from None
         ops = {node.op_type for node in model.graph.node}
-        shared = sorted(ops & SHARED_BUFFER_OPS)
-        if shared:
-            raise BundleError(f"the graph uses {', '.join(shared)}, which expects right-padded, shared KV "
-                              "buffers; export the model with the Hugging Face / Optimum decoder layout "
-                              "(past_key_values.N.key/value concatenated by the graph)", file=path)
+        unsupported = sorted(ops & UNSUPPORTED_OPS)
+        if unsupported:
+            raise BundleError(f"the graph uses {', '.join(unsupported)}, which needs a paged key/value cache; "
+                              "export the model with the Hugging Face / Optimum decoder layout or the "
+                              "onnxruntime-genai model builder", file=path)
         self.dynamic_quantization = bool(ops & DYNAMIC_QUANTIZATION_OPS)
+        self.in_place_attention = IN_PLACE_ATTENTION in ops
         inputs = {value.name: value for value in model.graph.input}
         outputs = {value.name: value for value in model.graph.output}
         layers, kv_heads, head_dim = shape.num_hidden_layers, shape.num_key_value_heads, shape.head_dim

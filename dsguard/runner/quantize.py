@@ -129,7 +129,7 @@ def quantize_int8(source: Path, target: Path, *, per_channel: bool = True,
         progress(1, 1)
 
 
-def _quantize_block4(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_block4(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pack a [K, N] weight as MatMulNBits wants it: [N, K/block, block/2] nibbles and [N, K/block] scales."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
@@ -187,7 +187,7 @@ def quantize_q4(source: Path, target: Path, *, block_size: int = 32, accuracy_le
             progress(done, len(names))
         tensor = weights[name]
         weight = numpy_helper.to_array(tensor, base_dir=str(source.parent))
-        packed, scales = _quantize_block4(weight, block_size)
+        packed, scales = quantize_block4(weight, block_size)
         dims[name] = weight.shape
         del weight
         if name not in other_uses:

@@ -141,7 +141,7 @@ class DecoderSession:
         options = session_options(self.threads, spin=self.spin)
         self.fused = False
         self.bias: AttentionBias | None = None
-        self._in_place = False
+        self._in_place = self._mask_lengths = self.bundle.in_place_attention
         # The fused kernels are checked on the CPU provider only; other providers run the graph as exported.
         if fuse and providers[0] == "CPUExecutionProvider":
             try:
@@ -153,7 +153,8 @@ class DecoderSession:
                     else:
                         options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(path.parent))
                     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-                    self.fused, self.bias, self._in_place = True, report.bias, report.attention > 0
+                    self.fused, self.bias = True, report.bias
+                    self._in_place = self._in_place or report.attention > 0
                     return session
             except Exception as error:  # the graph as exported still runs; say why it was not fused
                 logger.warning("%s: running the graph unfused (%s)", path, error)
@@ -168,7 +169,8 @@ class DecoderSession:
 
     @property
     def in_place(self) -> bool:
-        """The fused graph appends to the cache buffers in place (GroupQueryAttention) instead of concatenating.
+        """The graph appends to the cache buffers in place (GroupQueryAttention) instead of concatenating:
+        the fused graph, or a model-builder graph (which reads the lengths off ``attention_mask``).
 
         Its rows keep their own lengths (never padded): a row's cached positions are its position count.
         """
@@ -235,6 +237,8 @@ class DecoderSession:
         if self._in_place:
             self._seqlens[:] = positions
             self._total.fill(total)
+            if self._mask_lengths:
+                self._bind_lengths(self._seqlens, self._total)
             if total > cache.capacity:
                 cache = self.kv.select(cache, np.arange(rows), 0, self.room(total))
             if cache.values is not self._bound:
@@ -303,8 +307,15 @@ class DecoderSession:
         return self._arange[:size]
 
     def _bind_lengths(self, seqlens: npt.NDArray[np.int32], total: npt.NDArray[np.int32]) -> tuple[Any, Any]:
-        """Binds GroupQueryAttention's lengths (fused graphs only); the arrays must outlive the run."""
-        if self._in_place:
+        """Binds GroupQueryAttention's lengths (in-place graphs only); the arrays must outlive the run.
+
+        Model-builder graphs read them off ``attention_mask``: row ``r`` holds ``seqlens[r] + 1`` ones, then
+        zeros up to ``total`` (rows are right-padded); the fused graph takes them as inputs.
+        """
+        if self._mask_lengths:
+            if total.size and int(total) > 0:
+                self._bind_attention((self._range(int(total))[None, :] <= seqlens[:, None]).astype(np.int64))
+        elif self._in_place:
             self._io.bind_ortvalue_input(SEQLENS, C.OrtValue.ortvalue_from_numpy(seqlens, self._cpu))
             self._io.bind_ortvalue_input(TOTAL_LENGTH, C.OrtValue.ortvalue_from_numpy(total, self._cpu))
         return seqlens, total
