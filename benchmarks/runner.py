@@ -28,6 +28,11 @@ On a shared machine, raise ``--repeats``.
     python benchmarks/runner.py                                  # tiny and medium; fp32, int8, q4
     python benchmarks/runner.py --models tiny --repeats 7
     python benchmarks/runner.py --models medium --dtypes q4 --tokens 32
+    python benchmarks/runner.py --models none --folder medium-int4 /path/to/builder-output --tokens 64
+
+``--folder LABEL DIR`` adds a folder written by onnxruntime-genai's model builder (GroupQueryAttention
+graph, its own ``genai_config.json``): every side runs that one graph as it is, genai with the builder's
+own settings (shared key/value buffers), which is genai's home ground; LABEL names it in the tables.
 
 The medium bundle (2 layers at DeepSeek-R1-Distill-Qwen-1.5B's widths, ~375 MB fp32) is built and
 cached on first use.
@@ -115,6 +120,11 @@ class Run:
                    total_rate=sum(s.counts[-1] for s in streams) / max(s.last for s in streams))
 
 
+def is_builder_folder(bundle: Path) -> bool:
+    """A model-builder output: its own genai_config.json and no Hugging Face config.json."""
+    return (bundle / "genai_config.json").is_file() and not (bundle / "config.json").is_file()
+
+
 def prompt_ids(bundle: Path, dtype: str) -> list[int]:
     return open_bundle(bundle, dtype).tokenizer.encode(PROMPT, add_special=True)
 
@@ -186,12 +196,14 @@ class Genai:
         import onnxruntime_genai as og
 
         self.og = og
-        directory = scratch / f"{bundle.name}-{dtype}"
-        directory.mkdir()
-        for item in bundle.iterdir():
-            if not item.name.startswith(".") and item.name != "genai_config.json":
-                (directory / item.name).symlink_to(item)
-        write_genai_config(directory, dtype)
+        directory = bundle
+        if not is_builder_folder(bundle):
+            directory = scratch / f"{bundle.name}-{dtype}"
+            directory.mkdir()
+            for item in bundle.iterdir():
+                if not item.name.startswith(".") and item.name != "genai_config.json":
+                    (directory / item.name).symlink_to(item)
+            write_genai_config(directory, dtype)
         config = og.Config(str(directory))
         config.clear_providers()
         self.model = og.Model(config)
@@ -333,7 +345,9 @@ def report(results: dict[tuple[str, str], dict[tuple[str, int], Run]], many: int
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--models", default="tiny,medium", help="comma-separated: tiny, medium")
+    parser.add_argument("--models", default="tiny,medium", help="comma-separated: tiny, medium, or none")
+    parser.add_argument("--folder", nargs=2, action="append", default=[], metavar=("LABEL", "DIR"),
+                        help="a model-builder output folder to measure as well (repeatable)")
     parser.add_argument("--dtypes", default="fp32,int8,q4", help="comma-separated: fp32, int8, q4 (fp16 too)")
     parser.add_argument("--streams", type=positive_int, default=4, help="concurrent streams compared with one")
     defaults = ", ".join(f"{model} {count}" for model, count in TOKENS.items())
@@ -347,12 +361,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     dtypes = args.dtypes.split(",")
     results: dict[tuple[str, str], dict[tuple[str, int], Run]] = {}
     with tempfile.TemporaryDirectory(prefix="dsguard-bench-") as scratch:
-        for model in args.models.split(","):
+        for model in [m for m in args.models.split(",") if m != "none"]:
             bundle = ensure_bundled(MODELS[model], dtypes=tuple(dict.fromkeys(["fp32", *dtypes])))
             for dtype in dtypes:
                 results[(model, dtype)] = measure(bundle, dtype, counts, tokens=args.tokens or TOKENS[model],
                                                   repeats=args.repeats, scratch=Path(scratch))
                 print(f"{model} {dtype}: done", file=sys.stderr)
+        for label, folder in args.folder:
+            if not is_builder_folder(Path(folder)):
+                parser.error(f"--folder {label}: {folder} has no genai_config.json, or has a config.json")
+            # the folder holds one graph, named by its genai_config.json; the dtype only labels it
+            results[(label, "as built")] = measure(Path(folder), "fp32", counts, tokens=args.tokens or 64,
+                                                   repeats=args.repeats, scratch=Path(scratch))
+            print(f"{label}: done", file=sys.stderr)
     print("\n".join(environment([])[1:2]))
     report(results, args.streams)
 
