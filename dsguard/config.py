@@ -85,6 +85,10 @@ class HygieneConfig:
     content_types: tuple[str, ...] = doc(
         "Media types accepted for request bodies (415 otherwise).",
         ("application/json", "application/x-www-form-urlencoded", "multipart/form-data", "text/plain"))
+    content_encodings: tuple[Literal["gzip", "deflate"], ...] = doc(
+        'Content codings of request bodies to accept ("gzip", "deflate"): dsguard decodes them, the decoded '
+        "body within max_body, so that every check reads the plain body, and hands the app the decoded "
+        "body without Content-Encoding. Any other coding is refused with 415.", ())
     max_json_depth: int = doc("Deepest nesting of a JSON body (400 beyond).", 32)
     reject_duplicate_json_keys: bool = doc(
         "Deny JSON objects that repeat a key (parsers disagree on which one wins).", True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checks.base import Check
-from .checks.hygiene import HygieneCheck, JSONBodyCheck
+from .checks.hygiene import ContentDecodingCheck, HygieneCheck, JSONBodyCheck
 from .checks.identity import IdentityRequired
 from .checks.transport import TransportCheck
 from .config import Config, load_config, unavailable_features
@@ -45,6 +45,8 @@ def builtin_checks(config: Config, services: Services) -> list[Check]:
         checks.append(TransportCheck(config.transport, NetworkSet(config.server.trusted_proxies)))
     if config.hygiene.enabled:
         checks.append(HygieneCheck(config.hygiene))
+        if config.hygiene.content_encodings:
+            checks.append(ContentDecodingCheck(config.hygiene))
     if config.e2e is not None:
         from .checks import e2e
 

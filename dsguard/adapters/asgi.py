@@ -150,7 +150,9 @@ def _expose(scope: Scope, ctx: RequestContext) -> None:
 
 
 def _with_content_length(headers: Iterable[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
-    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+    """Headers for a replaced request body: plain (never content-coded: a coded body was decoded or refused)."""
+    dropped = (b"content-length", b"transfer-encoding", b"content-encoding")
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped]
     return [*kept, (b"content-length", str(length).encode())]
 
 

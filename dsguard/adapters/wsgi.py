@@ -131,6 +131,8 @@ class WSGICall:
             environ["wsgi.input"] = io.BytesIO(body)
             environ["CONTENT_LENGTH"] = str(len(body))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
+            if replacement is not None:  # a replacement is plain: a coded body was decoded or refused
+                environ.pop("HTTP_CONTENT_ENCODING", None)
         elif self._prefix:
             environ["wsgi.input"] = io.BufferedReader(_Prefixed(self._prefix, environ["wsgi.input"]))
 

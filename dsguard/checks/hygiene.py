@@ -1,14 +1,20 @@
-"""Hygiene: method allowlist, header limits, body size and type, JSON shape.
+"""Hygiene: method allowlist, header limits, body size, type and coding, JSON shape.
 
-Two checks share the ``[hygiene]`` section: :class:`HygieneCheck` looks only at the request
-line and headers (before any body is read); :class:`JSONBodyCheck` parses a JSON body once,
-bounded in size and depth, for the checks after it (``ctx.json``).
+Three checks share the ``[hygiene]`` section: :class:`HygieneCheck` looks only at the request
+line and headers (before any body is read); :class:`ContentDecodingCheck` decodes a body sent
+with an accepted ``Content-Encoding`` (gzip, deflate), bounded by ``max_body`` after decoding, so
+that no check inspects compressed bytes the app would read decoded; :class:`JSONBodyCheck` parses
+a JSON body once, bounded in size and depth, for the checks after it (``ctx.json``).
+
+A body in a coding not accepted is refused before it is read (415, ``Accept-Encoding`` naming what
+is): a check cannot inspect what it cannot read.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +43,8 @@ class HygieneCheck:
         self.max_headers_total = config.max_headers_total
         self.max_body = config.max_body
         self.content_types = frozenset(t.lower() for t in config.content_types)
+        self.encodings = frozenset(config.content_encodings)
+        self._accept_encoding = ", ".join([*sorted(self.encodings), "identity"])
 
     def check(self, ctx: RequestContext) -> Denial | None:
         if ctx.method not in self.methods:
@@ -76,6 +84,97 @@ class HygieneCheck:
             media_type.endswith("+json") and "application/json" in self.content_types
         ):
             return UnsupportedMediaType(f"Content-Type {media_type} is not accepted")
+        codings = content_codings(ctx)
+        if not codings:
+            return None
+        refused = [c for c in codings if c not in self.encodings]
+        if refused or len(codings) > 1:
+            what = f"Content-Encoding {refused[0]} is" if refused else "more than one Content-Encoding is"
+            return UnsupportedMediaType(f"{what} not accepted", code="unsupported_content_encoding",
+                                        headers=[("Accept-Encoding", self._accept_encoding)])
+        return None
+
+
+DECODED = "content_encoding"
+"""``ctx.attributes`` key: the coding :class:`ContentDecodingCheck` removed from the body."""
+ENCODED_BODY = "content_encoding.body"
+"""``ctx.attributes`` key: the body as received, before decoding (what a Content-Digest covers)."""
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_MEMBERS = 16
+"""Most gzip members one body may chain (RFC 1952 allows several; more is a decompression trick)."""
+
+
+def content_codings(ctx: RequestContext) -> list[str]:
+    """The codings of ``Content-Encoding`` in the order applied, without ``identity`` (``x-gzip`` is gzip)."""
+    value = ctx.headers.get("content-encoding")
+    if not value:
+        return []
+    codings = [c.strip().lower() for c in value.split(",")]
+    return ["gzip" if c == "x-gzip" else c for c in codings if c and c != "identity"]
+
+
+class BodyDecodingError(ValueError):
+    pass
+
+
+def decode_body(data: bytes, coding: str, limit: int) -> bytes:
+    """``data`` decoded from ``coding`` ("gzip" or "deflate"); at most ``limit`` bytes are produced.
+
+    Raises :class:`BodyDecodingError` for damaged or truncated data and :class:`OverflowError` past the
+    limit, before producing more than ``limit + 1`` bytes however small the input (no decompression bomb).
+    "deflate" is the zlib format (RFC 9110); raw deflate streams, which some clients send, are read too.
+    """
+    wbits = _WBITS[coding]
+    out = bytearray()
+    rest = data
+    for _ in range(_MEMBERS):
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out += decoder.decompress(rest, limit + 1 - len(out))
+        except zlib.error:
+            if coding != "deflate" or out or wbits < 0:
+                raise BodyDecodingError(f"the body is not valid {coding} data") from None
+            wbits, rest = -zlib.MAX_WBITS, data
+            continue
+        if len(out) > limit:
+            raise OverflowError(limit)
+        if not decoder.eof:
+            raise BodyDecodingError(f"the {coding} data ends early")
+        rest = decoder.unused_data
+        if not rest or coding == "deflate":
+            if rest:
+                raise BodyDecodingError(f"bytes follow the end of the {coding} data")
+            return bytes(out)
+    raise BodyDecodingError(f"the body chains more than {_MEMBERS} gzip members")
+
+
+class ContentDecodingCheck:
+    """Decodes a body sent with an accepted ``Content-Encoding``: checks read it plain, the app gets it plain."""
+
+    name = "content-decoding"
+    stage = "hygiene"
+    needs_body = True
+
+    def __init__(self, config: HygieneConfig) -> None:
+        self.mode = config.mode
+        self.max_body = config.max_body
+
+    def check(self, ctx: RequestContext) -> Denial | None:
+        codings = content_codings(ctx)
+        body = ctx.body
+        if not codings or not body:
+            return None
+        coding = codings[0]  # HygieneCheck refused any other case before the body was read
+        try:
+            decoded = decode_body(body, coding, self.max_body)
+        except OverflowError:
+            return PayloadTooLarge(f"request body decodes to more than {self.max_body} bytes")
+        except BodyDecodingError as exc:
+            return BadRequest(str(exc), code="bad_content_encoding")
+        ctx.attributes[DECODED] = coding
+        ctx.attributes[ENCODED_BODY] = body
+        ctx.body = decoded
+        ctx.replace_body(decoded)
         return None
 
 

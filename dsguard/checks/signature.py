@@ -40,6 +40,7 @@ from ..signatures.verify import (
 )
 from ..storage import Storage, StorageError
 from .base import Check, Outcome
+from .hygiene import ENCODED_BODY
 
 logger = logging.getLogger("dsguard.signatures")
 
@@ -84,7 +85,9 @@ class SignatureCheck:
         if url is None:
             return self._deny("signature_invalid", "a signed request needs exactly one Host field")
         try:
-            verified = self.verifier.verify(request_message(ctx, url), ctx.body or b"")
+            # Content-Digest covers the content as sent, before any content coding is removed
+            body = ctx.attributes.get(ENCODED_BODY, ctx.body)
+            verified = self.verifier.verify(request_message(ctx, url), body or b"")
         except SignatureError as exc:
             return self._deny(exc.code, exc.message)
         identity = ctx.identity

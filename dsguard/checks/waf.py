@@ -5,7 +5,9 @@ texts the prompt guard scans (see :mod:`dsguard.waf.targets`), with dsguard's bu
 OWASP CRS directory (``crs_path``). A request whose anomaly score reaches ``anomaly_threshold``
 is refused with 403 ``waf_blocked``; the message names the attack families, never the payload.
 A body the WAF cannot inspect whole is refused: larger than ``max_body`` (413
-``waf_body_too_large``) or a JSON body of more than ``max_fields`` values (413 ``waf_too_many_fields``).
+``waf_body_too_large``), a JSON body of more than ``max_fields`` values (413 ``waf_too_many_fields``),
+or a body still content-coded (415 ``waf_encoded_body``; ``[hygiene] content_encodings`` decodes gzip
+and deflate before the WAF reads them).
 ``ctx.attributes["waf"]`` records the matched rule ids, families and score for the audit log,
 in report mode too (where nothing is blocked).
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from ..config import Config, WAFConfig
 from ..context import RequestContext
-from ..decision import Denial, Forbidden, PayloadTooLarge
+from ..decision import Denial, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from ..errors import ConfigError
 from ..services import Services
 from ..waf import RuleSet, SecLangError, builtin_rule_set, crs_rule_set, resolve_crs_path
@@ -26,6 +28,7 @@ from ..waf.model import FAMILIES, Hit, Selector
 from ..waf.seclang import COLLECTIONS
 from ..waf.targets import TooManyFields, collect
 from .base import Check
+from .hygiene import DECODED, content_codings
 
 logger = logging.getLogger("dsguard.waf")
 
@@ -80,6 +83,11 @@ class WAFCheck:
 
     def check(self, ctx: RequestContext) -> Denial | None:
         body = ctx.body
+        if body and DECODED not in ctx.attributes and content_codings(ctx):
+            coding = content_codings(ctx)[0]
+            return UnsupportedMediaType(f"the WAF cannot inspect a body with Content-Encoding {coding}; send it "
+                                        "unencoded", code="waf_encoded_body",
+                                        headers=[("Accept-Encoding", "identity")])
         if body is not None and len(body) > self.config.max_body:
             return PayloadTooLarge(f"request body is larger than the {self.config.max_body} bytes the WAF inspects",
                                    code="waf_body_too_large")
