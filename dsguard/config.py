@@ -462,7 +462,13 @@ class TelemetryConfig:
     service_name: str = doc("`service.name` of every metric and span.", "dsguard")
     traces: bool = doc("One span per call with a child span per check, sent to the OTLP collector and to span "
                        "processors added with `guard.telemetry.add_span_processor`.", True)
-    trace_sample_ratio: float = doc("Fraction of calls traced, from 0 to 1.", 1.0)
+    trace_sample_ratio: float = doc("Fraction of calls traced, from 0 to 1 (a continued trace keeps its caller's "
+                                    "choice).", 1.0)
+    trace_context: Literal["trusted", "always", "never"] = doc(
+        "Continue the caller's trace from its W3C `traceparent` (and `tracestate`): \"trusted\" only when the "
+        "socket peer is in `[server] trusted_proxies`, \"always\", or \"never\". The app receives a `traceparent` "
+        "naming dsguard's span, so its own spans nest under it; one that is not continued never reaches the app.",
+        "trusted")
     routes: tuple[str, ...] = doc(
         'Paths named as themselves in the `route` attribute of metrics and spans ("/v1/models/*" names every path '
         'under the prefix); any other path is named "other", so callers cannot multiply the series.',

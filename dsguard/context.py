@@ -171,8 +171,8 @@ class RequestContext:
 
     __slots__ = (
         "_after", "_filters", "_finish", "_has_body", "_json", "_media_type", "_request_id", "attributes", "body",
-        "body_limit", "body_replacement",
-        "client_ip", "denials_reported", "headers", "http_version", "identity", "method", "path", "peer",
+        "body_limit", "body_replacement", "client_ip", "denials_reported", "forward_headers", "headers",
+        "http_version", "identity", "method", "path", "peer",
         "query_string", "raw_path", "response_headers", "route_denial", "scheme", "timings", "tls",
     )
 
@@ -192,6 +192,8 @@ class RequestContext:
         self.body: bytes | None = None
         self.body_limit: int | None = None
         self.body_replacement: bytes | None = None
+        self.forward_headers: list[tuple[bytes, bytes | None]] | None = None
+        """Request header fields the app receives instead of those of the same (lowercase) name; None removes."""
         self.identity: Identity | None = None
         self.attributes: dict[str, Any] = {}
         self.response_headers: RawHeaders = []

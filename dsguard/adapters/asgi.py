@@ -156,6 +156,14 @@ def _with_content_length(headers: Iterable[tuple[bytes, bytes]], length: int) ->
     return [*kept, (b"content-length", str(length).encode())]
 
 
+def _forwarded(headers: Iterable[tuple[bytes, bytes]],
+               fields: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with each of ``fields`` replacing the fields of its name (a None value only removes them)."""
+    names = {name for name, _ in fields}
+    kept = [(k, v) for k, v in headers if k.lower() not in names]
+    return [*kept, *((name, value) for name, value in fields if value is not None)]
+
+
 class GuardMiddleware:
     """``app.add_middleware(GuardMiddleware, config="dsguard.toml")``.
 
@@ -211,6 +219,8 @@ class GuardMiddleware:
         _expose(scope, ctx)
         if ctx.body_replacement is not None:
             scope["headers"] = _with_content_length(scope["headers"], len(ctx.body_replacement))
+        if ctx.forward_headers:
+            scope["headers"] = _forwarded(scope["headers"], ctx.forward_headers)
         request_id = (guard.request_id_header, ctx.request_id.encode())
         response_filter = ctx.response_filter
         held: Message | None = None

@@ -173,6 +173,12 @@ class GuardWSGIMiddleware:
         if denial is not None:
             return self._deny(ctx, denial, start_response, response, call)
         call.restore_input(ctx.body_replacement)
+        for name, value in ctx.forward_headers or ():
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value.decode("latin-1")
         environ["dsguard.context"] = ctx
         environ["dsguard.identity"] = ctx.identity
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ctx.response_headers]

@@ -20,6 +20,7 @@ from ..guard import DENIAL_CODE
 from ..pipeline import Pipeline
 from ..services import Services
 from ..types import Mode
+from ..units import NetworkSet
 from .endpoints import Endpoint
 from .health import Liveness, Readiness, ReadinessEndpoint, policy_probe, storage_probe
 from .instruments import RATE_LIMIT_CODES, audit_instruments, observe_checks
@@ -41,7 +42,8 @@ class Telemetry:
         self.tracer = None
         if settings.traces:
             self.tracer = CallTracer(providers.span_processors, providers.tracer_provider.resource,
-                                     settings.trace_sample_ratio)
+                                     settings.trace_sample_ratio, settings.trace_context,
+                                     NetworkSet(config.server.trusted_proxies))
         observe_checks(providers.meter_provider.get_meter("dsguard"), checks)
         audit = audit_instruments(providers.meter_provider)
         audit.drops.add(0)
@@ -85,7 +87,8 @@ class Telemetry:
     def pipeline(self, checks: Iterable[Check], *, mode: Mode, body_limit: int, check_timeout: float | None,
                  after_hooks: Iterable[AfterHook]) -> Pipeline:
         return ObservedPipeline(checks, mode=mode, body_limit=body_limit, check_timeout=check_timeout,
-                                after_hooks=[*after_hooks, self.record], server_timing=self.settings.server_timing)
+                                after_hooks=[*after_hooks, self.record], server_timing=self.settings.server_timing,
+                                on_start=self.tracer.begin if self.tracer is not None else None)
 
     def record(self, ctx: RequestContext, response: ResponseInfo) -> None:
         """The after-response hook: one call into the metrics and, when tracing, one span tree."""
