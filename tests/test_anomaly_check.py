@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -314,3 +317,39 @@ def test_an_anomaly_section_puts_its_checks_into_the_guard_pipeline() -> None:
     with run_uvicorn(guard) as url:
         response = httpx.get(url + "/v1/models")
     assert response.status_code == 200
+
+
+class MeteredServices(Services):
+    """The guard's services with a meter provider of the test's own (telemetry reads it the same way)."""
+
+    def __init__(self, config: Config, provider: MeterProvider) -> None:
+        super().__init__(config, MemoryStorage())
+        self._provider = provider
+
+    @property
+    def meter_provider(self) -> MeterProvider:
+        return self._provider
+
+
+def test_scores_and_sanctions_are_exported_as_metrics_with_bounded_attributes(clock: SimClock,
+                                                                              scorings: Scorings) -> None:
+    reader = InMemoryMetricReader()
+    settings: Config = config(OPEN + anomaly_section("flag", ""))
+    checks = anomaly.build(settings, MeteredServices(settings, MeterProvider(metric_readers=[reader])), clock=clock,
+                           listener=scorings)
+    warm_up(checks, clock, ordinary_traffic())
+    with served(checks) as url:
+        scrape(Caller(url, clock, scorings, "good mallory"), 40)
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    points = list(metrics["dsguard.anomaly.score"].data.data_points)
+    by_flag = {point.attributes["dsguard.anomalous"]: point for point in points}  # type: ignore[index]
+    assert set(by_flag) == {True, False}
+    assert by_flag[True].min >= 8 and by_flag[False].max < 8  # type: ignore[attr-defined]
+    assert list(by_flag[True].explicit_bounds) == [1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]  # type: ignore[attr-defined]
+    sanctions = {p.attributes["dsguard.reason"]: p.value  # type: ignore[index,attr-defined]
+                 for p in metrics["dsguard.anomaly.sanctions"].data.data_points}
+    expected = Counter(reason for s in scorings.seen if s.score.anomalous for reason in s.score.reasons)
+    assert sanctions == dict(expected) and {"rate", "routes"} <= set(sanctions)
+    assert all(set(p.attributes) == {"dsguard.reason"} for p in metrics["dsguard.anomaly.sanctions"].data.data_points)

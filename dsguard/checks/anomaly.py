@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ..anomaly.baseline import hour_surprise
 from ..anomaly.features import FEATURE_NAMES, Vector, WindowStats, caller_key, hour_of, ip_key, observe, vector
+from ..anomaly.metrics import AnomalyMetrics
 from ..anomaly.model import IsolationForestModel, ModelError
 from ..anomaly.scorer import Score, Scorer
 from ..anomaly.store import FailoverStore, MemoryStore, Sanction, Store, StoreSettings, open_store
@@ -236,7 +237,9 @@ def _limiter(url: str, on_error: str, clock: Clock) -> FailoverLimiter:
 
 def build(config: Config, services: Services, *, clock: Clock = time.time,
           listener: Listener | None = None) -> list[Check]:
-    """The two anomaly checks of ``[anomaly]``; ``clock`` (epoch seconds) can be replaced to replay traffic."""
+    """The two anomaly checks of ``[anomaly]``; ``clock`` (epoch seconds) can be replaced to replay traffic.
+
+    Scores go to the guard's meter provider (:mod:`dsguard.anomaly.metrics`) and to ``listener``."""
     section = config.anomaly
     if section is None:
         return []
@@ -261,7 +264,14 @@ def build(config: Config, services: Services, *, clock: Clock = time.time,
     store = FailoverStore(shared, fallback)
     scorer = Scorer(features, threshold=section.threshold, warmup=section.warmup,
                     identity_warmup=section.identity_warmup, min_requests=section.min_requests, model=model)
-    recorder = AnomalyRecorder(store, scorer, settings, hold=section.hold, clock=clock, listener=listener)
+    metrics = AnomalyMetrics(services.meter_provider, section.threshold)
+
+    def listen(scored: Scored) -> None:
+        metrics.record(scored.score)
+        if listener is not None:
+            listener(scored)
+
+    recorder = AnomalyRecorder(store, scorer, settings, hold=section.hold, clock=clock, listener=listen)
     enforcer = Enforcer(store, section.action, limiter, bucket_specs("anomaly", section.throttle_rate), clock)
     return [AnomalyObserver(recorder), AnomalyIPCheck(enforcer, section.mode),
             AnomalyCheck(enforcer, store, limiter, section.mode)]
