@@ -434,7 +434,9 @@ class AuditConfig:
         "its last chunk is still recorded, afterwards.", "queued")
     written_timeout: Duration = doc(
         'Longest a response waits for its record under durability = "written" before it is refused (the wait is '
-        "also bounded by [pipeline] check_timeout, which answers 503 check_timeout).", 2.0)
+        "also bounded by [pipeline] check_timeout, which answers 503 check_timeout). A record the writer has "
+        "already started writing is waited for to the end, so that the answer matches the log: a refused call's "
+        "record is never written later.", 2.0)
     log_prompts: bool = doc(
         "Write prompt fields (messages, prompt, input ...) into the log; off, only their SHA-256 and length.",
         False)

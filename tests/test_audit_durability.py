@@ -109,6 +109,23 @@ def test_a_record_not_written_within_written_timeout_withholds_the_response(tmp_
     assert response.headers["retry-after"] == "1"
 
 
+def test_a_record_too_late_for_its_response_is_never_written_only_the_refusal_is(tmp_path: Path) -> None:
+    guard = make_guard(tmp_path, written_timeout="200ms")
+    writer = writer_of(guard)
+    with run_uvicorn(GuardMiddleware(answer, config=guard)) as url:
+        with writer.hold():
+            refused = httpx.get(f"{url}/v1/models")
+        request_id = refused.headers["x-request-id"]
+        until(lambda: request_id in decisions(guard))
+        answered = httpx.get(f"{url}/v1/models")
+    assert (refused.status_code, answered.status_code) == (503, 200)
+    logged = [(r["request_id"], r["reason"], r["status"]) for r in read_records(writer.path)
+              if r["type"] == "decision"]
+    assert logged == [(request_id, "audit_unavailable", 503), (answered.headers["x-request-id"], None, 200)]
+    assert writer.drops == 1
+    assert verify_log([writer.path]).errors == []
+
+
 def test_a_call_is_answered_503_audit_unavailable_when_the_writer_has_stopped(tmp_path: Path) -> None:
     guard = make_guard(tmp_path)
     with run_uvicorn(GuardMiddleware(answer, config=guard)) as url:

@@ -17,6 +17,8 @@ from dsguard.runner.errors import BundleError
 from dsguard.runner.quantize import compare, quantize_bundle, quantize_int8, quantize_q4
 from dsguard.runner.tiny import write_bundle
 
+from .genai_builder import builder_bundle
+
 K, HIDDEN, N = 64, 96, 48
 
 
@@ -207,6 +209,12 @@ def test_quantize_bundle_names_the_missing_source_graph(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "fp32-only", dtypes=("fp32",))
     with pytest.raises(BundleError, match=r"model_fp16\.onnx: missing: q4f16 is made from the fp16 graph"):
         quantize_bundle(bundle, "q4f16")
+
+
+def test_quantize_bundle_points_a_model_builder_folder_at_the_builder(tmp_path: Path) -> None:
+    folder = builder_bundle("fp32", tmp_path / "builder")
+    with pytest.raises(BundleError, match=r"builder: an onnxruntime-genai model-builder folder holds one graph"):
+        quantize_bundle(folder, "q4")
 
 
 def test_compare_reports_drift_agreement_and_speed_of_each_dtype(tiny_bundle: Path) -> None:

@@ -6,7 +6,8 @@ that hands the call's facts to the writer without waiting on the disk. Under ``d
 "written"`` the guard also registers :meth:`AuditLog.written` to run before the last chunk of
 each response: the response ends only once its record is written, else it is refused with 503
 ``audit_unavailable`` (or cut off, if it has started) and the refusal is recorded afterwards, if
-it can be (a record that was only late may then be followed by that of its refusal); a call
+it can be (a record that was only late is dropped, never written, so the refusal is the call's
+only record); a call
 that never reaches its last chunk (the client left) is recorded afterwards by
 :meth:`AuditLog.record`. Dropped records are counted in ``dsguard.audit.drops`` and a chain
 found broken at startup in ``dsguard.audit.chain_failures`` (meter ``dsguard.audit``);

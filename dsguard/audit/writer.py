@@ -3,11 +3,18 @@
 Calls hand their record to :meth:`AuditWriter.submit`, which never waits on the disk: the
 record is queued, or (queue full) waits asynchronously for room under ``on_full = "block"`` or
 is dropped at once under ``"drop"``; every dropped record is counted. Under ``durability =
-"written"`` calls await :meth:`AuditWriter.write` instead, which reports when the record is
-written. The thread links each record into the hash chain, writes each batch with one
-``write``, syncs per ``fsync``, signs a checkpoint every ``checkpoint_every`` records or
-``checkpoint_interval`` seconds, and rotates the file by size or age, the chain continuing in
-the new file (see :mod:`.segment`).
+"written"`` calls await :meth:`AuditWriter.write` instead, whose answer is exact: ``True``, the
+record is in the log; ``False``, it is not and never will be. A record whose caller stops waiting
+before the thread claims it (see :mod:`.receipt`) is skipped, taking no place in the chain, and
+counted as dropped; one already claimed is being written, and its caller waits for the outcome.
+After a write that fails part way, the records whose lines were written whole are reported
+written. Only a failed sync under ``fsync = "always"`` leaves the outcome unknown: its records
+are reported not written, though the file may keep them.
+
+The thread links each record into the hash chain, writes each batch with one ``write``, syncs
+per ``fsync``, signs a checkpoint every ``checkpoint_every`` records or ``checkpoint_interval``
+seconds, and rotates the file by size or age, the chain continuing in the new file (see
+:mod:`.segment`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from ..config import AuditConfig
 from . import AuditError
 from .chain import Chain
 from .inbox import Inbox
-from .receipt import Receipt, settle
+from .receipt import Receipt, outcome, settle
 from .record import CHECKPOINT, START, rfc3339
 from .segment import Batch, Segment, WriteFailed, lock_log, resume
 from .signing import CheckpointSigner, sign_checkpoint
@@ -80,6 +87,8 @@ class AuditWriter:
         self._checkpoint_due = 0.0
         self._last_sync = 0.0
         self._broken = False
+        self._unsynced: list[Receipt] = []
+        """Receipts whose lines are written but not yet synced (``fsync = "always"``)."""
 
     # --- the request path ------------------------------------------------------------------------------------
 
@@ -95,9 +104,14 @@ class AuditWriter:
 
     async def write(self, item: Any, timeout: float) -> bool:
         """Queue ``item`` and wait until it is written (and synced under ``fsync = "always"``) without blocking the
-        event loop; ``False`` if it cannot be (writer stopped or failed, a write error, a full queue under
-        ``on_full = "drop"`` or for longer than ``full_wait``) or is not written within ``timeout`` seconds, in
-        which case it may still be written later."""
+        event loop. ``True``: the record is in the log. ``False``: it is not, and never will be: it cannot be
+        written (writer stopped or failed, a write error, a full queue under ``on_full = "drop"`` or for longer
+        than ``full_wait``), or the writer had not claimed it within ``timeout`` seconds, and it is then dropped
+        (and counted) rather than written late. A record claimed by then is being written: the call waits for
+        that write to end, past ``timeout``, and returns its outcome. Cancelling the call likewise drops a
+        record not yet claimed (the cancellation goes on) or waits for one being written (the cancellation is
+        then withdrawn and the outcome returned), so what the caller learns always matches the log (but for a
+        failed sync, see the module)."""
         receipt = Receipt(item, asyncio.get_running_loop())
         deadline = time.monotonic() + timeout
         if not self.running or self._stopping.is_set():
@@ -111,9 +125,22 @@ class AuditWriter:
                 return False
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await receipt.future
+                return await asyncio.shield(receipt.future)
         except TimeoutError:
+            if self._give_up(receipt):
+                return False
+            return await outcome(receipt)
+        except asyncio.CancelledError:
+            if self._give_up(receipt):
+                raise
+            return await outcome(receipt, cancelled=1)
+
+    def _give_up(self, receipt: Receipt) -> bool:
+        """Abandon ``receipt``'s record unless the writer has claimed it; an abandoned record counts as dropped."""
+        if not receipt.abandon():
             return False
+        self._dropped(1)
+        return True
 
     async def _queue_when_room(self, item: Any) -> None:
         await self._wait_for_room(item, time.monotonic() + self.config.full_wait)
@@ -150,8 +177,8 @@ class AuditWriter:
         if self.on_drop is not None:
             self.on_drop(count)
         if report:
-            logger.error("audit log %s: records dropped (queue full, stopped or write failed): %d so far", self.path,
-                         self.drops)
+            logger.error("audit log %s: records dropped (queue full, stopped, write failed or not written in time): "
+                         "%d so far", self.path, self.drops)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -197,7 +224,8 @@ class AuditWriter:
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Hold writes (records queue up meanwhile, ``on_full`` applies; calls waiting on their record under
-        ``durability = "written"`` are refused after ``written_timeout``), e.g. while the files are copied."""
+        ``durability = "written"`` are refused after ``written_timeout``, their records then dropped rather than
+        written late), e.g. while the files are copied."""
         self._open_gate.clear()
         try:
             yield
@@ -255,8 +283,21 @@ class AuditWriter:
             raise
 
     def _sync(self) -> None:
+        """Sync the active file; the receipts whose lines it holds are then written."""
         self._file.sync()
         self._last_sync = self.clock()
+        for receipt in self._unsynced:
+            receipt.written = True
+        self._unsynced.clear()
+
+    def _appended(self, batched: list[tuple[int, Receipt]]) -> None:
+        """The lines of ``batched`` receipts are in the file: written now, or at the next sync under ``fsync =
+        "always"``."""
+        if self.config.fsync == "always":
+            self._unsynced.extend(receipt for _, receipt in batched)
+            return
+        for _, receipt in batched:
+            receipt.written = True
 
     def _checkpoint_line(self, *, final: bool = False, reason: str = "count") -> bytes:
         body: dict[str, Any] = {"type": CHECKPOINT, "time": rfc3339(self.clock()), "records": self._since_checkpoint,
@@ -329,8 +370,8 @@ class AuditWriter:
                     items += inbox.drain()
                 receipts = [item for item in items if type(item) is Receipt]
                 try:
-                    written = self._append(items)
-                    settle(receipts, written)
+                    self._append(items)
+                    settle(receipts)
                     receipts = []
                     self._periodic()
                 except OSError as exc:
@@ -338,7 +379,8 @@ class AuditWriter:
                     self._broken = True
                 finally:
                     inbox.busy = False
-                    settle(receipts, False)
+                    self._unsynced.clear()
+                    settle(receipts)
                 if stopping:
                     break
             self._close()
@@ -351,48 +393,64 @@ class AuditWriter:
 
     def _abandon(self, items: list[Any]) -> None:
         """Records left queued by a writer that stopped on an error: counted as dropped, their callers told."""
-        if items:
-            self._dropped(len(items))
-            settle([item for item in items if type(item) is Receipt], False)
+        self._drop(items)
+        settle([item for item in items if type(item) is Receipt])
 
-    def _append(self, items: list[Any]) -> bool:
-        """Chain and write ``items``; whether all were (records that cannot be written are counted as dropped)."""
+    def _drop(self, items: list[Any]) -> None:
+        """Count ``items`` as dropped, claiming their receipts first: one its caller abandoned was counted then."""
+        dropped = sum(1 for item in items if type(item) is not Receipt or item.claim())
+        if dropped:
+            self._dropped(dropped)
+
+    def _append(self, items: list[Any]) -> None:
+        """Chain and write ``items``, marking each claimed receipt whose record is written (records that cannot be
+        written are counted as dropped). A receipt its caller abandoned is skipped before it takes a place in the
+        chain; after a write that fails part way, the receipts of the lines written whole are still written."""
         if not items:
-            return True
+            return
         done = 0
+        batched: list[tuple[int, Receipt]] = []  # the receipts of the batch being built, with their records' seq
         try:
             if self._broken:
                 self._rotate("write_error")
             batch = Batch(self._chain)
             for item in items:
+                receipt = item if type(item) is Receipt else None
+                if receipt is not None and not receipt.claim():
+                    done += 1
+                    continue
                 reason = self._rotation_due(batch.size)
                 if reason is not None:
                     self._flush(batch)
+                    self._appended(batched)
+                    batched = []
                     self._rotate(reason)
                     batch = Batch(self._chain)
                 done += 1
-                line = self._line(item.item if type(item) is Receipt else item)
+                line = self._line(item if receipt is None else receipt.item)
                 if line is None:
                     self._dropped(1)
-                    if type(item) is Receipt:
-                        item.unwritable = True
                     continue
                 batch.add(line, self._chain, record=True)
+                if receipt is not None:
+                    batched.append((self._chain.seq, receipt))
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= self.config.checkpoint_every:
                     batch.add(self._checkpoint_line(), self._chain, record=False)
             self._flush(batch)
+            self._appended(batched)
         except WriteFailed as failure:
             self._broken = True
             logger.error("audit log %s: write failed (%s)", self.path, failure.error.strerror or failure.error)
-            self._dropped(failure.lost + len(items) - done)
-            return False
+            self._appended([(seq, receipt) for seq, receipt in batched if seq <= failure.head[0]])
+            if failure.lost:
+                self._dropped(failure.lost)
+            self._drop(items[done:])
         except OSError:
-            self._dropped(len(items) - done)
+            self._drop(items[done:])
             raise
         if self.config.fsync == "always":
             self._sync()
-        return True
 
     def _line(self, item: Any) -> bytes | None:
         """``item``'s chained line; when its record cannot be encoded, a minimal record saying so (request id,

@@ -222,6 +222,9 @@ def quantize_bundle(bundle: Path, dtype: str, *, block_size: int = 32,
         raise ValueError(f"cannot quantize to {dtype!r}: choose one of {', '.join(SOURCES)}")
     source, target = model_file(bundle, SOURCES[dtype]), model_file(bundle, dtype)
     if not source.is_file():
+        if (bundle / "genai_config.json").is_file() and not (bundle / "config.json").is_file():
+            raise BundleError("an onnxruntime-genai model-builder folder holds one graph; quantize with the builder "
+                              "(-p int4) or from a Hugging Face / Optimum export", file=bundle)
         raise BundleError(f"missing: {dtype} is made from the {SOURCES[dtype]} graph", file=source)
     if dtype == "int8":
         quantize_int8(source, target, progress=progress)
