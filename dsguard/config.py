@@ -361,6 +361,10 @@ class RunnerConfig:
                                      ("CUDAExecutionProvider", "CPUExecutionProvider"))
     max_concurrency: int = doc("Generations run at once.", 4)
     max_queue: int = doc("Requests waiting beyond that (503 when full).", 64)
+    sampling_defaults: Literal["model", "openai"] = doc(
+        'What a request\'s missing temperature, top_p, top_k and repetition_penalty default to: "model" (the '
+        "bundle's generation_config.json, as vLLM does: DeepSeek-R1 recommends temperature 0.6, top_p 0.95) or "
+        '"openai" (temperature 1, top_p 1).', "model")
     manifest_public_key: Path | None = doc(
         "Public key (PEM) or JWKS trusted to sign the bundle's dsguard-manifest.json; set, the bundle is refused "
         "before anything is loaded unless its manifest is signed by that key and every file matches it.", None)
@@ -467,9 +471,10 @@ class TelemetryConfig:
     trace_sample_ratio: float = doc("Fraction of calls traced, from 0 to 1 (a continued trace keeps its caller's "
                                     "choice).", 1.0)
     trace_context: Literal["trusted", "always", "never"] = doc(
-        "Continue the caller's trace from its W3C `traceparent` (and `tracestate`): \"trusted\" only when the "
-        "socket peer is in `[server] trusted_proxies`, \"always\", or \"never\". The app receives a `traceparent` "
-        "naming dsguard's span, so its own spans nest under it; one that is not continued never reaches the app.",
+        "With `traces` on, continue the caller's trace from its W3C `traceparent` (and `tracestate`): \"trusted\" "
+        "only when the socket peer is in `[server] trusted_proxies`, \"always\", or \"never\". The app receives a "
+        "`traceparent` naming dsguard's span, so its own spans nest under it; one that is not continued never "
+        "reaches the app. With traces off, trace headers pass to the app untouched.",
         "trusted")
     routes: tuple[str, ...] = doc(
         'Paths named as themselves in the `route` attribute of metrics and spans ("/v1/models/*" names every path '

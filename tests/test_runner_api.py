@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -199,12 +200,26 @@ def test_seeded_sampling_is_reproducible(client: openai.OpenAI) -> None:
 
 
 def test_sampling_parameters_reach_the_engine(engine: Engine, client: openai.OpenAI) -> None:
-    sampling = SamplingParams(temperature=1.5, top_p=0.9, top_k=40, seed=99, repetition_penalty=1.3)
+    sampling = SamplingParams(temperature=1.5, top_p=0.9, top_k=40, seed=99, repetition_penalty=1.3,
+                              frequency_penalty=0.7, presence_penalty=-0.4)
     expected = chat_reference(engine, 24, sampling=sampling)
     answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24,
-                                            temperature=1.5, top_p=0.9, seed=99,
+                                            temperature=1.5, top_p=0.9, seed=99, frequency_penalty=0.7,
+                                            presence_penalty=-0.4,
                                             extra_body={"top_k": 40, "repetition_penalty": 1.3})
     assert getattr(answer.choices[0].message, "reasoning_content", None) == expected["reasoning"]
+    plain = chat_reference(engine, 24, sampling=dataclasses.replace(sampling, frequency_penalty=0.0,
+                                                                    presence_penalty=0.0))
+    assert plain["reasoning"] != expected["reasoning"]
+
+
+def test_missing_sampling_fields_take_the_models_generation_config(engine: Engine, client: openai.OpenAI) -> None:
+    assert engine.sampling_defaults == SamplingParams(temperature=0.6, top_p=0.95)
+    expected = chat_reference(engine, 24, sampling=SamplingParams(temperature=0.6, top_p=0.95, seed=5))
+    answer = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, seed=5)
+    assert getattr(answer.choices[0].message, "reasoning_content", None) == expected["reasoning"]
+    openai_defaults = chat_reference(engine, 24, sampling=SamplingParams(seed=5))
+    assert openai_defaults["reasoning"] != expected["reasoning"]
 
 
 def test_a_stop_sequence_ends_the_answer_before_it(engine: Engine, client: openai.OpenAI) -> None:
@@ -243,7 +258,7 @@ def test_a_bad_field_is_refused_with_openai_error_object_and_the_request_id(url:
     ({"max_tokens": 8, "max_completion_tokens": 9}, "max_tokens", "invalid_value"),
     ({"seed": 1.5}, "seed", "invalid_type"),
     ({"repetition_penalty": 0}, "repetition_penalty", "invalid_value"),
-    ({"frequency_penalty": 0.5}, "frequency_penalty", "unsupported_value"),
+    ({"frequency_penalty": -2.5}, "frequency_penalty", "invalid_value"),
     ({"presence_penalty": 3}, "presence_penalty", "invalid_value"),
     ({"n": 2}, "n", "unsupported_value"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
@@ -568,3 +583,12 @@ def test_metrics_report_engine_load_and_each_call(engine: Engine) -> None:
         assert points[name][0].attributes["gen_ai.operation.name"] == "chat"
     assert [p.count for p in points.get("gen_ai.server.time_per_output_token", [])] == \
         ([1] if answer.usage.completion_tokens > 1 else [])
+
+
+def test_events_escape_the_line_separators_clients_split_lines_on() -> None:
+    from dsguard.runner.api import _event
+
+    text = "a\x85b\u2028c\u2029d\ne"
+    event = _event({"choices": [{"delta": {"content": text}}]}).decode()
+    assert event.endswith("\n\n") and len(event.splitlines()) == 2  # the data line, the blank line ending it
+    assert json.loads(event.splitlines()[0].removeprefix("data: "))["choices"][0]["delta"]["content"] == text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 import time
@@ -455,3 +456,37 @@ def test_genai_layout_reads_the_decoder_named_in_genai_config(bundle: Path, tmp_
     loaded = open_bundle(copy, "fp32")
     assert loaded.model_path == copy / "decoder.onnx"
     assert loaded.names.position_ids == "position_ids"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"temperature": "warm"}, r"generation_config\.json: temperature: expected a number, got 'warm'"),
+    ({"top_p": 0}, r"generation_config\.json: top_p: top_p must be in \(0, 1\]"),
+    ({"top_k": 2.5}, r"generation_config\.json: top_k: expected an integer"),
+])
+def test_bad_sampling_defaults_of_a_bundle_name_the_key(bundle: Path, tmp_path: Path, edit: dict[str, object],
+                                                        message: str) -> None:
+    copy = copy_bundle(bundle, tmp_path / "b")
+    path = copy / "generation_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(BundleError, match=message):
+        open_bundle(copy, "fp32")
+
+
+def test_model_sampling_defaults_follow_the_reader_of_each_file(tmp_path: Path) -> None:
+    from dsguard.runner.bundle import sampling_defaults
+
+    path = tmp_path / "generation_config.json"
+    assert sampling_defaults({"do_sample": False, "temperature": 0.7}, path) == SamplingParams(temperature=0.7)
+    assert sampling_defaults({"do_sample": False, "temperature": 0.7}, path, "search.").greedy
+    assert sampling_defaults({"temperature": 1e-5, "top_k": 50}, path) == SamplingParams(temperature=0.0, top_k=50)
+
+
+def test_sampling_defaults_come_from_the_model_unless_configured_otherwise(bundle: Path) -> None:
+    assert open_bundle(bundle, "fp32").sampling_defaults == SamplingParams(temperature=0.6, top_p=0.95)
+    for setting, expected in (("model", SamplingParams(temperature=0.6, top_p=0.95)), ("openai", SamplingParams())):
+        engine = Engine.open(RunnerConfig(model="bundled:tiny-deepseek", dtype="fp32",
+                                          sampling_defaults=setting))  # type: ignore[arg-type]
+        try:
+            assert engine.sampling_defaults == expected
+        finally:
+            engine.close()

@@ -21,6 +21,7 @@ from dsguard.runner.api import create_app
 from dsguard.runner.bundle import open_bundle
 from dsguard.runner.engine import Engine
 from dsguard.runner.errors import BundleError
+from dsguard.runner.sampling import SamplingParams
 from dsguard.runner.session import DecoderSession
 from dsguard.runner.tiny import TINY, ensure_bundled
 from dsguard.runner.tokenizer import ASSISTANT
@@ -62,6 +63,7 @@ def test_builder_folder_is_read_from_genai_config_and_the_graph(folders: dict[st
         assert loaded.names.position_ids is None
         assert loaded.model_path == directory / "model.onnx"
         assert 2042 in loaded.eos_token_ids
+        assert loaded.sampling_defaults == SamplingParams(temperature=0.6, top_p=0.95, top_k=50)
         prompt = loaded.tokenizer.render_chat([{"role": "user", "content": "Hi"}])
         assert prompt.endswith(ASSISTANT + "<think>\n")
 

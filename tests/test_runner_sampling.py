@@ -103,6 +103,8 @@ def test_repetition_penalty_counts_generated_tokens_and_leaves_the_logits_untouc
     (SamplingParams(top_k=-1), "top_k"),
     (SamplingParams(repetition_penalty=0.0), "repetition_penalty"),
     (SamplingParams(seed=-1), "seed"),
+    (SamplingParams(frequency_penalty=2.5), "frequency_penalty"),
+    (SamplingParams(presence_penalty=float("nan")), "presence_penalty"),
 ])
 def test_unusable_parameters_are_named(params: SamplingParams, word: str) -> None:
     problem = params.problem()
@@ -126,3 +128,21 @@ def test_an_extreme_repetition_penalty_never_yields_nan_probabilities(penalty: f
         warnings.simplefilter("error")
         picks = [sampler(LOGITS) for _ in range(20)]
     assert all(0 <= token < LOGITS.size for token in picks)
+
+
+def test_frequency_and_presence_penalties_subtract_from_generated_tokens_only() -> None:
+    logits = np.array([3.0, 2.9, 2.0, 0.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.2), prompt_ids=[1])
+    picks = [sampler(logits) for _ in range(4)]
+    # 0 (3.0) -> 3.0-0.7=2.3, so 1 (2.9, a prompt token: not penalized) -> 2.2, then 0 at 2.3 -> 1.8, then 1 at 2.2
+    assert picks == [0, 1, 0, 1]
+    assert logits.tolist() == pytest.approx([3.0, 2.9, 2.0, 0.0])
+
+
+def test_a_negative_presence_penalty_favours_tokens_already_generated() -> None:
+    logits = np.array([1.0, 0.5], dtype=np.float32)
+    pushed = Sampler(SamplingParams(temperature=0, frequency_penalty=1.0))
+    assert [pushed(logits) for _ in range(3)] == [0, 1, 0]  # 1.0 - 1 = 0.0 < 0.5, then 0.5 - 1 < 0.0
+    pulled = Sampler(SamplingParams(temperature=0, frequency_penalty=1.0, presence_penalty=-2.0))
+    assert [pulled(logits) for _ in range(3)] == [0, 0, 0]  # 1.0 - 1 + 2 = 2.0, then 1.0 - 2 + 2 = 1.0
+    assert SamplingParams(presence_penalty=-2.0).penalized and not SamplingParams().penalized

@@ -13,7 +13,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from websockets.sync.client import connect
 
 from dsguard import GuardMiddleware, GuardWSGIMiddleware
 from dsguard.guard import Guard
@@ -109,6 +111,8 @@ def test_an_untraced_call_forwards_no_trace_context() -> None:
     assert seen == {"traceparent": None, "tracestate": None}
     seen, spans = call(settings(ratio=0.0), "203.0.113.9", {})
     assert spans == [] and seen == {"traceparent": None, "tracestate": None}
+    seen, spans = call(settings(ratio=0.0), "203.0.113.9", {"tracestate": STATE})
+    assert spans == [] and seen == {"traceparent": None, "tracestate": None}
 
 
 @pytest.mark.parametrize("value", [
@@ -148,3 +152,17 @@ def test_werkzeug_app_receives_dsguards_traceparent_and_no_untrusted_tracestate(
     assert root.context is not None and root.parent is None  # 127.0.0.1 is not a trusted proxy here
     assert seen == {"traceparent": f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01",
                     "tracestate": None}
+
+
+def test_a_websocket_app_receives_dsguards_traceparent_not_an_untrusted_one() -> None:
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(websocket.headers.get("traceparent") or "none")
+        await websocket.close()
+
+    guard, _ = traced(settings())  # the loopback peer is not trusted: a new trace, handed to the app
+    with run_uvicorn(GuardMiddleware(Starlette(routes=[WebSocketRoute("/ws", socket)]), config=guard)) as url, \
+            connect(url.replace("http", "ws") + "/ws", additional_headers={"traceparent": INCOMING}) as ws:
+        seen = ws.recv()
+    parsed = parse_traceparent(seen)
+    assert parsed is not None and f"{parsed[0]:032x}" != TRACE and parsed[2] == 1

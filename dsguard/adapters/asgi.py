@@ -321,6 +321,8 @@ class GuardMiddleware:
             return
         if denial is None:
             _expose(scope, ctx)
+            if ctx.forward_headers:
+                scope["headers"] = _forwarded(scope["headers"], ctx.forward_headers)
             await self.app(scope, receive, send)
             return
         message = await receive()

@@ -1,9 +1,11 @@
 """Anomaly scores and sanctions as OpenTelemetry instruments, for dashboards and alerts on API abuse.
 
-``dsguard.anomaly.score`` (histogram, attribute ``dsguard.anomalous``) receives every score of a caller
-once the baselines are warm; ``dsguard.anomaly.sanctions`` (counter, attribute ``dsguard.reason``) counts the
-callers found anomalous, once per reason. Attributes are bounded: the reasons are feature names (or
-``model``), never a caller's key, address or identity.
+``dsguard.anomaly.score`` (histogram, attribute ``dsguard.anomalous``) receives every scoring of a call
+once the baselines are warm (the bucket bounded by the threshold also holds scores equal to it, which are
+anomalous: the attribute tells them apart); ``dsguard.anomaly.sanctions`` (counter, attribute
+``dsguard.reason``) counts the anomalous scorings once per reason: a held caller is scored, and counted,
+on each of its calls. Attributes are bounded: the reasons are feature names (or ``model``), never a
+caller's key, address or identity.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class AnomalyMetrics:
             SCORE, unit="1", description="Anomaly scores of callers (at or above the threshold: anomalous).",
             explicit_bucket_boundaries_advisory=[share * threshold for share in _BUCKET_SHARES])
         self.sanctions = meter.create_counter(
-            SANCTIONS, unit="{sanction}", description="Callers found anomalous, counted once per reason.")
+            SANCTIONS, unit="{sanction}", description="Anomalous scorings of calls, counted once per reason.")
 
     def record(self, score: Score) -> None:
         if not score.ready:

@@ -113,6 +113,14 @@ def content_codings(ctx: RequestContext) -> list[str]:
     return ["gzip" if c == "x-gzip" else c for c in codings if c and c != "identity"]
 
 
+def undecoded_coding(ctx: RequestContext) -> str | None:
+    """The ``Content-Encoding`` of a body still coded (nothing decoded it), for checks that must read it plain."""
+    if not ctx.body or DECODED in ctx.attributes:
+        return None
+    codings = content_codings(ctx)
+    return ", ".join(codings) if codings else None
+
+
 class BodyDecodingError(ValueError):
     pass
 
@@ -158,13 +166,14 @@ class ContentDecodingCheck:
     def __init__(self, config: HygieneConfig) -> None:
         self.mode = config.mode
         self.max_body = config.max_body
+        self.encodings = frozenset(config.content_encodings)
 
     def check(self, ctx: RequestContext) -> Denial | None:
         codings = content_codings(ctx)
         body = ctx.body
-        if not codings or not body:
-            return None
-        coding = codings[0]  # HygieneCheck refused any other case before the body was read
+        if len(codings) != 1 or codings[0] not in self.encodings or not body:
+            return None  # refused by HygieneCheck; in report mode left coded, for the checks that read it to refuse
+        coding = codings[0]
         try:
             decoded = decode_body(body, coding, self.max_body)
         except OverflowError:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config import Config, PromptGuardConfig
 from ..context import RequestContext
-from ..decision import Denial, Forbidden, PayloadTooLarge
+from ..decision import Denial, Forbidden, PayloadTooLarge, UnsupportedMediaType
 from ..errors import ConfigError
 from ..promptguard.classifier import ClassifierError, InjectionClassifier
 from ..promptguard.injection import CATEGORY_NAMES, InjectionDetector, Verdict
@@ -40,6 +40,7 @@ from ..promptguard.pii import CATEGORIES, Match, PIIScanner
 from ..promptguard.stream import ResponseRedactor
 from ..services import Services
 from .base import Check
+from .hygiene import undecoded_coding
 
 logger = logging.getLogger("dsguard.prompt")
 Outcome = Denial | None | Awaitable[Denial | None]
@@ -75,6 +76,11 @@ class PromptGuardCheck:
         self.response_window = config.response_window
 
     def check(self, ctx: RequestContext) -> Outcome:
+        coding = undecoded_coding(ctx)
+        if coding is not None:
+            return UnsupportedMediaType(f"the prompt guard cannot read a body with Content-Encoding {coding}; send "
+                                        "it unencoded", code="prompt_encoded_body",
+                                        headers=[("Accept-Encoding", "identity")])
         body = self._body(ctx)
         if not is_llm_body(body):
             return None

@@ -28,7 +28,7 @@ from ..waf.model import FAMILIES, Hit, Selector
 from ..waf.seclang import COLLECTIONS
 from ..waf.targets import TooManyFields, collect
 from .base import Check
-from .hygiene import DECODED, content_codings
+from .hygiene import undecoded_coding
 
 logger = logging.getLogger("dsguard.waf")
 
@@ -83,8 +83,8 @@ class WAFCheck:
 
     def check(self, ctx: RequestContext) -> Denial | None:
         body = ctx.body
-        if body and DECODED not in ctx.attributes and content_codings(ctx):
-            coding = content_codings(ctx)[0]
+        coding = undecoded_coding(ctx)
+        if coding is not None:
             return UnsupportedMediaType(f"the WAF cannot inspect a body with Content-Encoding {coding}; send it "
                                         "unencoded", code="waf_encoded_body",
                                         headers=[("Accept-Encoding", "identity")])

@@ -27,10 +27,12 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 _SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 _CHUNK_KEYS = ("id", "object", "created", "model", "system_fingerprint")
 _CHAT_FIELDS = ("content", "reasoning_content")
+_LINE_SAFE = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON with U+0085, U+2028 and U+2029 escaped, as the runner writes its events (see its ``_dumps``)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_LINE_SAFE)
 
 
 def _sniff(data: bytes) -> str | None:

@@ -57,12 +57,16 @@ CLIENT_CLOSED = 499
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 _DONE = b"data: [DONE]\n\n"
+LINE_SAFE = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+"""Characters escaped in JSON text sent as lines (JSON allows them raw in strings)."""
 _INTERRUPTED_MESSAGE = "The generation was interrupted: the model is shutting down."
 _INTERRUPTED = {"message": _INTERRUPTED_MESSAGE, "type": "overloaded_error", "param": None, "code": "unavailable"}
 
 
 def _dumps(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact JSON as UTF-8, with U+0085, U+2028 and U+2029 escaped: SSE splits lines on CR and LF only, but
+    clients that read lines with ``str.splitlines`` (httpx's ``iter_lines`` among them) split on those too."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(LINE_SAFE).encode()
 
 
 def _event(value: object) -> bytes:
@@ -228,7 +232,7 @@ class RunnerAPI:
         started = time.perf_counter()
         try:
             body = await _json_body(request)
-            parsed = parse_chat(body, model_id=self.model_id)
+            parsed = parse_chat(body, model_id=self.model_id, defaults=self.engine.sampling_defaults)
             prompt_ids = await self._encode(self.engine.tokenizer.encode_chat, parsed.messages,
                                             sum(len(m["content"]) for m in parsed.messages))
             return await self._generate(request, "chat", prompt_ids, parsed.options, param="messages",
@@ -240,7 +244,8 @@ class RunnerAPI:
         started = time.perf_counter()
         try:
             body = await _json_body(request)
-            parsed = parse_completion(body, model_id=self.model_id, vocab_size=self.engine.tokenizer.vocab_size)
+            parsed = parse_completion(body, model_id=self.model_id, vocab_size=self.engine.tokenizer.vocab_size,
+                                      defaults=self.engine.sampling_defaults)
             prompt = parsed.prompt
             if isinstance(prompt, str):
                 prompt_ids = await self._encode(self._encode_text, prompt, len(prompt))

@@ -21,6 +21,7 @@ import onnx
 
 from dsguard.crypto.weights import MemoryGraph, WeightsPolicy, check_manifest, encrypted_path, load_encrypted_graph
 from dsguard.runner.errors import BundleError
+from dsguard.runner.sampling import MIN_TEMPERATURE, SamplingParams
 from dsguard.runner.shape import ModelShape
 from dsguard.runner.tokenizer import ChatTokenizer
 
@@ -78,6 +79,8 @@ class Bundle:
     eos_token_ids: frozenset[int]
     dynamic_quantization: bool
     """Activations are quantized per call (not per row): batching would make requests change each other."""
+    sampling_defaults: SamplingParams = SamplingParams()
+    """The model's recommended sampling (``generation_config.json``, or genai's ``search``) over OpenAI's."""
     in_place_attention: bool = False
     """The graph attends with GroupQueryAttention (model-builder layout): rows right-padded, each row's length
     read from ``attention_mask``, the cache written in place into buffers with room to grow."""
@@ -117,18 +120,21 @@ def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = N
         shape = _genai_shape(genai_path, genai, model)
     generation_path = directory / "generation_config.json"
     if generation_path.is_file() or genai is None:
-        eos = _eos_ids(_read_json(generation_path).get("eos_token_id"), generation_path, "eos_token_id")
+        generation = _read_json(generation_path)
+        eos = _eos_ids(generation.get("eos_token_id"), generation_path, "eos_token_id")
+        sampling = sampling_defaults(generation, generation_path)
     else:
-        section = genai.get("model")
+        section, search = genai.get("model"), genai.get("search")
         eos = _eos_ids(section.get("eos_token_id") if isinstance(section, dict) else None, genai_path,
                        "model.eos_token_id")
+        sampling = sampling_defaults(search if isinstance(search, dict) else {}, genai_path, "search.")
     tokenizer = ChatTokenizer.from_bundle(directory)
     graph = _GraphCheck(model_path, model, names, shape)
     return Bundle(directory=directory, dtype=dtype, model_path=model_path, shape=shape, tokenizer=tokenizer,
                   names=names, kv_dtype=graph.kv_dtype, logits_dtype=graph.logits_dtype,
                   eos_token_ids=frozenset(tokenizer.eos_token_ids) | eos,
-                  dynamic_quantization=graph.dynamic_quantization, in_place_attention=graph.in_place_attention,
-                  memory=memory)
+                  dynamic_quantization=graph.dynamic_quantization, sampling_defaults=sampling,
+                  in_place_attention=graph.in_place_attention, memory=memory)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -141,6 +147,39 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BundleError("expected a JSON object", file=path)
     return data
+
+
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def sampling_defaults(config: Mapping[str, Any], path: Path, prefix: str = "") -> SamplingParams:
+    """The sampling a model recommends: the keys of ``_SAMPLING_KEYS`` it sets, over OpenAI's defaults.
+
+    ``generation_config.json`` is read as vLLM reads it (``do_sample`` is not: a request's temperature
+    decides); genai's ``search`` as onnxruntime-genai does (``do_sample = false``: greedy). A temperature
+    below 1e-4 is greedy decoding, as in a request."""
+    values: dict[str, float] = {}
+    for key in _SAMPLING_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BundleError(f"expected a number, got {value!r}", file=path, key=prefix + key)
+        values[key] = float(value)
+    top_k = values.pop("top_k", 0.0)
+    if top_k != int(top_k):
+        raise BundleError(f"expected an integer, got {top_k!r}", file=path, key=prefix + "top_k")
+    defaults = SamplingParams()
+    temperature = values.get("temperature", defaults.temperature)
+    if (prefix == "search." and config.get("do_sample") is False) or 0 <= temperature < MIN_TEMPERATURE:
+        temperature = 0.0
+    params = SamplingParams(temperature=temperature,
+                            top_p=values.get("top_p", defaults.top_p), top_k=max(int(top_k), 0),
+                            repetition_penalty=values.get("repetition_penalty", defaults.repetition_penalty))
+    problem = params.problem()
+    if problem is not None:
+        raise BundleError(problem, file=path, key=prefix + problem.split(" ", 1)[0])
+    return params
 
 
 def _eos_ids(eos: object, path: Path, key: str) -> frozenset[int]:

@@ -106,20 +106,23 @@ class _Sequence:
 
 def _plain_greedy(sequences: Sequence[_Sequence]) -> bool:
     """Every row takes the argmax of its logits as is: one vectorized argmax serves the batch."""
-    return all(s.sampler.params.greedy and s.sampler.params.repetition_penalty == 1.0 for s in sequences)
+    return all(s.sampler.params.greedy and not s.sampler.params.penalized for s in sequences)
 
 
 class Engine:
     """Runs generations on one decoder session; ``submit`` is thread-safe, results stream per request."""
 
     def __init__(self, session: DecoderSession, tokenizer: ChatTokenizer, *, model_id: str, max_concurrency: int = 4,
-                 max_queue: int = 64, batching: bool | None = None, plan: ThreadPlan | None = None) -> None:
+                 max_queue: int = 64, batching: bool | None = None, plan: ThreadPlan | None = None,
+                 sampling_defaults: SamplingParams | None = None) -> None:
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.session = session
         self.plan = plan
         self.tokenizer = tokenizer
         self.model_id = model_id
+        self.sampling_defaults = sampling_defaults or SamplingParams()
+        """What a request's missing sampling fields default to (the API reads it)."""
         self.provider = session.provider
         self.context_length = session.bundle.context_length
         self.max_concurrency = max_concurrency
@@ -154,8 +157,10 @@ class Engine:
         wide = wide_session(session, available_cores()) if threads is None else None
         model_id = config.model.removeprefix("bundled:") if config.model.startswith("bundled:") else Path(
             config.model).name
+        defaults = bundle.sampling_defaults if config.sampling_defaults == "model" else SamplingParams()
         return cls(session, bundle.tokenizer, model_id=model_id, max_concurrency=config.max_concurrency,
-                   max_queue=config.max_queue, plan=ThreadPlan(session, wide) if wide is not None else None)
+                   max_queue=config.max_queue, plan=ThreadPlan(session, wide) if wide is not None else None,
+                   sampling_defaults=defaults)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Queues a request; raises EngineOverloaded when the queue is full, PromptTooLong when it cannot fit."""

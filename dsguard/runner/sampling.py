@@ -1,4 +1,9 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p, repetition penalty."""
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p and the three penalties.
+
+``repetition_penalty`` (Hugging Face's, multiplicative) covers the prompt's tokens and the generated
+ones; ``frequency_penalty`` and ``presence_penalty`` (OpenAI's, additive: ``logit -= frequency * count +
+presence * (count > 0)``) cover the generated ones only, as OpenAI and vLLM apply them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import numpy.typing as npt
 Logits = npt.NDArray[np.floating]
 
 _NUCLEUS_PROBE = 256
+MIN_TEMPERATURE = 1e-4
+"""Temperatures below this are greedy decoding (dividing logits by less overflows them)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +29,8 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def problem(self) -> str | None:
         """What is wrong with these parameters, or None when they are usable."""
@@ -35,11 +44,20 @@ class SamplingParams:
             return f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}"
         if self.seed is not None and self.seed < 0:
             return f"seed must be >= 0, got {self.seed}"
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or not -2 <= value <= 2:
+                return f"{name} must be a number from -2 to 2, got {value}"
         return None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        """Some penalty changes the logits (the choice then depends on the tokens so far)."""
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 class Sampler:
@@ -48,9 +66,12 @@ class Sampler:
     def __init__(self, params: SamplingParams, prompt_ids: Iterable[int] = ()) -> None:
         self.params = params
         self._rng = np.random.default_rng(params.seed)
-        self._penalized = params.repetition_penalty != 1.0
-        self._seen: set[int] = set(prompt_ids) if self._penalized else set()
+        self._penalized = params.penalized
+        self._repeating = params.repetition_penalty != 1.0
+        self._seen: set[int] = set(prompt_ids) if self._repeating else set()
         self._seen_index = np.fromiter(self._seen, dtype=np.int64)
+        self._counting = params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
+        self._counts: dict[int, int] = {}
 
     def __call__(self, logits: Logits) -> int:
         """The next token for one row of logits (shape ``[vocab]``); the row is not modified."""
@@ -58,19 +79,26 @@ class Sampler:
         if self._penalized:
             logits = self._penalize(logits)
         token = int(logits.argmax()) if params.greedy else self._sample(logits)
-        if self._penalized and token not in self._seen:
+        if self._repeating and token not in self._seen:
             self._seen.add(token)
             self._seen_index = np.append(self._seen_index, token)
+        if self._counting:
+            self._counts[token] = self._counts.get(token, 0) + 1
         return token
 
     def _penalize(self, logits: Logits) -> Logits:
         penalized = np.array(logits, dtype=np.float32)
         index = self._seen_index
+        params = self.params
         if index.size:
             picked = penalized[index]
-            penalty = self.params.repetition_penalty
+            penalty = params.repetition_penalty
             with np.errstate(all="ignore"):
                 penalized[index] = np.where(picked > 0, picked / penalty, picked * penalty)
+        if self._counts:
+            tokens = np.fromiter(self._counts, dtype=np.int64, count=len(self._counts))
+            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
+            penalized[tokens] -= np.float32(params.frequency_penalty) * counts + np.float32(params.presence_penalty)
         return penalized
 
     def _sample(self, logits: Logits) -> int:

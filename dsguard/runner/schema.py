@@ -6,12 +6,12 @@ As OpenAI does, ``null`` reads as "not set" and fields this runner does not know
 Fields it knows but cannot honour are refused rather than silently dropped:
 
 - ``n`` (and ``best_of``) other than 1; a list of several prompts;
-- ``frequency_penalty`` / ``presence_penalty`` other than 0: they are additive penalties that
-  ``repetition_penalty`` (multiplicative, as in Hugging Face and vLLM) does not approximate;
 - ``logprobs``, ``top_logprobs``, ``logit_bias``, ``tools`` / ``functions``, ``response_format``
   other than text, ``echo`` and ``suffix``; message parts other than text.
 
 Extensions to OpenAI's set, as vLLM accepts them: ``top_k`` (0 or -1: off) and ``repetition_penalty``.
+A sampling field left out takes the value of ``defaults`` (the model's ``generation_config.json`` under
+``[runner] sampling_defaults = "model"``, else OpenAI's: temperature 1, top_p 1, no penalties).
 A negative ``seed`` (OpenAI allows any 64-bit integer) is taken modulo 2**64. A ``temperature``
 below 1e-4 is greedy decoding, as 0 is (dividing logits by less overflows them), and
 ``repetition_penalty`` must lie in (0, 100]. Each stop string holds at most 512 characters.
@@ -25,12 +25,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import DSGuardError
-from .sampling import SamplingParams
+from .sampling import MIN_TEMPERATURE, SamplingParams
 
+OPENAI_DEFAULTS = SamplingParams()
+"""OpenAI's defaults: temperature 1, top_p 1, no penalties."""
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 512
-MIN_TEMPERATURE = 1e-4
-"""Temperatures below this are greedy decoding."""
 MAX_REPETITION_PENALTY = 100.0
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -158,7 +158,7 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
     return given.pop() if given else None
 
 
-def _sampling(body: Mapping[str, Any]) -> SamplingParams:
+def _sampling(body: Mapping[str, Any], defaults: SamplingParams) -> SamplingParams:
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
     top_k = _integer(body, "top_k")
@@ -166,21 +166,22 @@ def _sampling(body: Mapping[str, Any]) -> SamplingParams:
         raise InvalidRequest(f"Invalid 'top_k': expected -1 or 0 (off) or a positive integer, got {top_k}.",
                              param="top_k")
     repetition_penalty = _number(body, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY, low_open=True)
-    for name in ("frequency_penalty", "presence_penalty"):
-        if _number(body, name, -2.0, 2.0):
-            raise _unsupported(name, "a value other than 0 (use 'repetition_penalty')")
+    frequency_penalty = _number(body, "frequency_penalty", -2.0, 2.0)
+    presence_penalty = _number(body, "presence_penalty", -2.0, 2.0)
     seed = _integer(body, "seed")
-    top_k = max(top_k or 0, 0)
+    top_k = defaults.top_k if top_k is None else max(top_k, 0)
     if top_p == 0.0:  # the smallest set reaching probability 0 is the most likely token alone
         top_p, top_k = 1.0, 1
     if temperature is not None and temperature < MIN_TEMPERATURE:
         temperature = 0.0
     return SamplingParams(
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
+        temperature=defaults.temperature if temperature is None else temperature,
+        top_p=defaults.top_p if top_p is None else top_p,
         top_k=top_k,
         seed=None if seed is None else seed % 2**64,
-        repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+        repetition_penalty=defaults.repetition_penalty if repetition_penalty is None else repetition_penalty,
+        frequency_penalty=defaults.frequency_penalty if frequency_penalty is None else frequency_penalty,
+        presence_penalty=defaults.presence_penalty if presence_penalty is None else presence_penalty,
     )
 
 
@@ -237,11 +238,12 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         raise _unsupported("response_format", "a response format other than text")
 
 
-def _options(body: Mapping[str, Any], *, default_max_tokens: int | None) -> Options:
+def _options(body: Mapping[str, Any], *, default_max_tokens: int | None, defaults: SamplingParams) -> Options:
     _refuse_unsupported(body)
     max_tokens = _max_tokens(body)
     stream, include_usage = _stream(body)
-    return Options(max_tokens=default_max_tokens if max_tokens is None else max_tokens, sampling=_sampling(body),
+    return Options(max_tokens=default_max_tokens if max_tokens is None else max_tokens,
+                   sampling=_sampling(body, defaults),
                    stop=_stop(body), stream=stream, include_usage=include_usage)
 
 
@@ -297,12 +299,12 @@ def _messages(body: Mapping[str, Any]) -> tuple[dict[str, str], ...]:
     return tuple(checked)
 
 
-def parse_chat(body: object, *, model_id: str) -> ChatRequest:
+def parse_chat(body: object, *, model_id: str, defaults: SamplingParams = OPENAI_DEFAULTS) -> ChatRequest:
     """A chat completion body, validated; raises :class:`InvalidRequest`."""
     body = _object(body)
     check_model(body, model_id)
     messages = _messages(body)
-    return ChatRequest(messages, _options(body, default_max_tokens=None))
+    return ChatRequest(messages, _options(body, default_max_tokens=None, defaults=defaults))
 
 
 def _prompt(body: Mapping[str, Any], vocab_size: int) -> str | tuple[int, ...]:
@@ -329,12 +331,14 @@ def _prompt(body: Mapping[str, Any], vocab_size: int) -> str | tuple[int, ...]:
     return tuple(prompt)
 
 
-def parse_completion(body: object, *, model_id: str, vocab_size: int) -> CompletionRequest:
+def parse_completion(body: object, *, model_id: str, vocab_size: int,
+                     defaults: SamplingParams = OPENAI_DEFAULTS) -> CompletionRequest:
     """A text completion body, validated; raises :class:`InvalidRequest`."""
     body = _object(body)
     check_model(body, model_id)
     prompt = _prompt(body, vocab_size)
-    return CompletionRequest(prompt, _options(body, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS))
+    return CompletionRequest(prompt, _options(body, default_max_tokens=COMPLETION_DEFAULT_MAX_TOKENS,
+                                              defaults=defaults))
 
 
 def _object(body: object) -> Mapping[str, Any]:

@@ -6,11 +6,12 @@ nothing between checks. Children are laid end to end from the call's start. Buil
 finished spans costs a fifth of starting and ending live ones through a tracer (measured: about
 20 µs against 95 µs for a call with five checks).
 
-Trace context (W3C Trace Context): a call's ``traceparent`` is continued when ``trace_context`` allows it
-(from ``[server] trusted_proxies`` only, by default): dsguard's span becomes its child, the caller's
-sampling choice is kept, and ``tracestate`` passes on. The app receives a ``traceparent`` naming
-dsguard's span, so that its own spans nest under it; a ``traceparent`` that is not continued (an
-untrusted peer, a malformed value) is removed before the app sees it, as is ``tracestate``.
+Trace context (W3C Trace Context), with traces on: a call's ``traceparent`` is continued when
+``trace_context`` allows it (from ``[server] trusted_proxies`` only, by default): dsguard's span
+becomes its child, the caller's sampling choice is kept, and ``tracestate`` passes on. The app
+receives a ``traceparent`` naming dsguard's span, so that its own spans nest under it; a
+``traceparent`` that is not continued (an untrusted peer, a malformed value) is removed before the
+app sees it, as is ``tracestate``.
 
 Attributes are chosen, never copied from the call: method, route (bounded, see
 :class:`~dsguard.telemetry.labels.RouteNames`), status, decision, denial code, request id, check
@@ -90,8 +91,8 @@ class CallTracer:
             trace_id, parent = _random_id(128), None
             sampled = self.sample_ratio >= 1.0 or random.random() < self.sample_ratio
         if not sampled:
-            if header is not None and parent is None:  # not continued: the app must not continue it either
-                _forward(ctx, [(b"traceparent", None), (b"tracestate", None)])
+            if parent is None and (header is not None or "tracestate" in ctx.headers):
+                _forward(ctx, [(b"traceparent", None), (b"tracestate", None)])  # not continued: nor by the app
             return
         span_id = _random_id(64)
         ctx.attributes[TRACE] = TraceStart(trace_id, span_id, parent)
