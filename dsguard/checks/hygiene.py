@@ -7,7 +7,9 @@ that no check inspects compressed bytes the app would read decoded; :class:`JSON
 a JSON body once, bounded in size and depth, for the checks after it (``ctx.json``).
 
 A body in a coding not accepted is refused before it is read (415, ``Accept-Encoding`` naming what
-is): a check cannot inspect what it cannot read.
+is): a check cannot inspect what it cannot read. For the same reason the WAF and the prompt guard
+refuse a body still coded when they come to read it (:func:`undecoded_coding`), as happens when
+``[hygiene]`` only reports.
 """
 
 from __future__ import annotations

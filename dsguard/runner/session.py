@@ -313,7 +313,7 @@ class DecoderSession:
         zeros up to ``total`` (rows are right-padded); the fused graph takes them as inputs.
         """
         if self._mask_lengths:
-            if total.size and int(total) > 0:
+            if int(total) > 0:  # zero: the host buffers of a new batch size, bound before any step
                 self._bind_attention((self._range(int(total))[None, :] <= seqlens[:, None]).astype(np.int64))
         elif self._in_place:
             self._io.bind_ortvalue_input(SEQLENS, C.OrtValue.ortvalue_from_numpy(seqlens, self._cpu))
