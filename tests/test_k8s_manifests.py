@@ -31,6 +31,8 @@ K8S = ROOT / "examples" / "k8s"
 CUSTOM_KINDS = {"PrometheusRule", "PodMonitor", "Kustomization"}
 VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 RUNNER_METRICS = {"dsguard_runner_queue_depth"}  # the runner's own gauge (meter dsguard.runner)
+ANOMALY_METRICS = {"dsguard_anomaly_sanctions_total"}
+"""Exported with [anomaly] once a call is scored anomalous (tests/test_anomaly_check.py reads it)."""
 
 
 def manifests() -> dict[str, dict[str, Any]]:
@@ -160,7 +162,7 @@ def exported_metric_names(tmp_path: Path) -> set[str]:
 
 
 def test_every_metric_an_alert_reads_is_exported(tmp_path: Path) -> None:
-    exported = exported_metric_names(tmp_path) | RUNNER_METRICS
+    exported = exported_metric_names(tmp_path) | RUNNER_METRICS | ANOMALY_METRICS
     for rule in prometheus_rules():
         for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", rule["expr"]):
             assert name in exported, f"{rule['alert']} reads {name}, which dsguard does not export"
@@ -219,6 +221,9 @@ ALERT_CASES: dict[str, tuple[list[dict[str, str]], dict[str, str]]] = {
     "DSGuardPolicyReloadFailed": (
         [series("dsguard_policy_reload_errors_total", "0x20 1x10", pod="dsguard-a")],
         {"severity": "warn", "pod": "dsguard-a", "namespace": "dsguard"}),
+    "DSGuardAnomalousCallers": (
+        [series("dsguard_anomaly_sanctions_total", "0+5x30", dsguard_reason="rate")],
+        {"severity": "warn", "dsguard_reason": "rate"}),
 }
 QUIET = [
     series("http_server_request_duration_seconds_count", "0+1x30", http_response_status_code="503"),
@@ -229,6 +234,7 @@ QUIET = [
     series("dsguard_audit_chain_failures_total", "0x30", pod="dsguard-a"),
     series("dsguard_audit_drops_total", "0x30", pod="dsguard-a"),
     series("dsguard_policy_reload_errors_total", "2x30", pod="dsguard-a"),
+    series("dsguard_anomaly_sanctions_total", "0+1x30", dsguard_reason="rate"),
 ]
 
 
