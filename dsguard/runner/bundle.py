@@ -10,7 +10,6 @@ in place: the session drives them the way it drives its own fused graphs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 
 from dsguard.crypto.weights import MemoryGraph, WeightsPolicy, check_manifest, encrypted_path, load_encrypted_graph
-from dsguard.runner.errors import BundleError
+from dsguard.runner.errors import BundleError, read_json_object
 from dsguard.runner.sampling import MIN_TEMPERATURE, SamplingParams
 from dsguard.runner.shape import ModelShape
 from dsguard.runner.tokenizer import ChatTokenizer
@@ -104,7 +103,7 @@ def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = N
         raise BundleError("model bundle directory does not exist", file=directory)
     manifest = check_manifest(directory, policy)
     config_path, genai_path = directory / "config.json", directory / "genai_config.json"
-    genai = _read_json(genai_path) if genai_path.is_file() else None
+    genai = read_json_object(genai_path) if genai_path.is_file() else None
     model_path = directory / "onnx" / model_filename(dtype)
     names = GraphNames()
     if genai is not None and (not model_path.is_file() or not config_path.is_file()):
@@ -115,12 +114,12 @@ def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = N
     memory = load_encrypted_graph(directory, model_path, policy, manifest) if sealed else None
     model = _load_graph(model_path, memory)
     if config_path.is_file() or genai is None:
-        shape = ModelShape.from_config(_read_json(config_path), source=str(config_path))
+        shape = ModelShape.from_config(read_json_object(config_path), source=str(config_path))
     else:
         shape = _genai_shape(genai_path, genai, model)
     generation_path = directory / "generation_config.json"
     if generation_path.is_file() or genai is None:
-        generation = _read_json(generation_path)
+        generation = read_json_object(generation_path)
         eos = _eos_ids(generation.get("eos_token_id"), generation_path, "eos_token_id")
         sampling = sampling_defaults(generation, generation_path)
     else:
@@ -135,18 +134,6 @@ def open_bundle(directory: Path, dtype: str, *, policy: WeightsPolicy | None = N
                   eos_token_ids=frozenset(tokenizer.eos_token_ids) | eos,
                   dynamic_quantization=graph.dynamic_quantization, sampling_defaults=sampling,
                   in_place_attention=graph.in_place_attention, memory=memory)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError("missing", file=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"unreadable JSON: {error}", file=path) from None
-    if not isinstance(data, dict):
-        raise BundleError("expected a JSON object", file=path)
-    return data
 
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")

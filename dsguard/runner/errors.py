@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from dsguard.errors import DSGuardError
 
@@ -21,3 +23,16 @@ class BundleError(DSGuardError):
         where = f"{self.file}: " if self.file else ""
         what = f"{key}: " if key else ""
         super().__init__(f"{where}{what}{message}")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A bundle's JSON file that must hold an object; BundleError naming the file when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError("missing", file=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"unreadable JSON: {error}", file=path) from None
+    if not isinstance(data, dict):
+        raise BundleError(f"expected a JSON object, got {type(data).__name__}", file=path)
+    return data

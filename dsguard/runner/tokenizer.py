@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from dsguard.errors import DSGuardError
 from dsguard.runner.corpus import CORPUS
-from dsguard.runner.errors import BundleError
+from dsguard.runner.errors import BundleError, read_json_object
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -197,23 +197,11 @@ def _template_source(config: Mapping[str, Any], directory: Path, source: Path) -
     raise BundleError("missing, or not a string or a list of named templates", file=source, key="chat_template")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError("missing", file=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"unreadable ({exc})", file=path) from None
-    if not isinstance(data, dict):
-        raise BundleError(f"expected a JSON object, got {type(data).__name__}", file=path)
-    return data
-
-
 def _eos_from_generation_config(directory: Path) -> list[int]:
     path = directory / "generation_config.json"
     if not path.is_file():
         return []
-    value = _read_json(path).get("eos_token_id")
+    value = read_json_object(path).get("eos_token_id")
     values = value if isinstance(value, list) else [] if value is None else [value]
     if not all(isinstance(item, int) and not isinstance(item, bool) for item in values):
         raise BundleError(f"expected an integer or a list of integers, got {value!r}", file=path, key="eos_token_id")
@@ -267,7 +255,7 @@ class ChatTokenizer:
             raise BundleError(f"decoder {type(tokenizer.decoder).__name__} is not supported: byte-level BPE expected",
                               file=tokenizer_path, key="decoder")
         config_path = directory / "tokenizer_config.json"
-        config = _read_json(config_path)
+        config = read_json_object(config_path)
         bos_token = _token_content(config.get("bos_token"), config_path, "bos_token")
         eos_token = _token_content(config.get("eos_token"), config_path, "eos_token")
         eos_ids = set(_eos_from_generation_config(directory))
