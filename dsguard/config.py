@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from limits import parse_many
 
-from ._schema import Loader, Parse, doc
+from ._schema import Loader, Parse, doc, render_key
 from ._tomlpos import key_lines, nearest_line
 from .errors import ConfigError
 from .units import IPNetwork, Secret, parse_duration, parse_networks, parse_size
@@ -540,6 +540,11 @@ class Config:
 
     def line_of(self, *path: str | int) -> int | None:
         return nearest_line(self.lines, path)
+
+    def error(self, message: str, *path: str | int) -> ConfigError:
+        """A ConfigError for the key at ``path`` (``"waf", "max_fields"``; ``"rate_limits", 0, "limit"``): the
+        file, the key's line and its name as written (``[rate_limits] #1 limit``)."""
+        return ConfigError(message, file=self.source, line=self.line_of(*path), key=render_key(path))
 
 
 # Sections this version parses but whose feature is not built yet. A security feature that is

@@ -104,8 +104,7 @@ def open_services(config: Config) -> Services:
     try:
         storage = open_storage(config.storage.url)
     except ValueError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("storage", "url"),
-                          key="[storage] url") from None
+        raise config.error(str(exc), "storage", "url") from None
     return Services(config, storage, telemetry=open_telemetry(config))
 
 

@@ -15,7 +15,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Config, RunnerConfig
-from .errors import ConfigError
 from .types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -31,8 +30,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
     server = config.server
     if server.tls_cert is None:
         if server.client_ca is not None:
-            raise ConfigError("client_ca needs tls_cert: mTLS runs over HTTPS", file=config.source,
-                              line=config.line_of("server", "client_ca"), key="[server] client_ca")
+            raise config.error("client_ca needs tls_cert: mTLS runs over HTTPS", "server", "client_ca")
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if server.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -41,19 +39,16 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
         context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
     for key, path in (("tls_cert", server.tls_cert), ("tls_key", server.tls_key), ("client_ca", server.client_ca)):
         if path is not None and not path.is_file():
-            raise ConfigError(f"file not found: {path}", file=config.source, line=config.line_of("server", key),
-                              key=f"[server] {key}")
+            raise config.error(f"file not found: {path}", "server", key)
     try:
         context.load_cert_chain(str(server.tls_cert), str(server.tls_key) if server.tls_key else None)
     except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"cannot load the certificate and key: {exc}", file=config.source,
-                          line=config.line_of("server", "tls_cert"), key="[server] tls_cert") from None
+        raise config.error(f"cannot load the certificate and key: {exc}", "server", "tls_cert") from None
     if server.client_ca is not None:
         try:
             context.load_verify_locations(cafile=str(server.client_ca))
         except ssl.SSLError as exc:
-            raise ConfigError(f"cannot load the client CA bundle: {exc}", file=config.source,
-                              line=config.line_of("server", "client_ca"), key="[server] client_ca") from None
+            raise config.error(f"cannot load the client CA bundle: {exc}", "server", "client_ca") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

@@ -28,7 +28,6 @@ from ..config import Config
 from ..context import AfterHook, RequestContext, ResponseInfo
 from ..crypto.errors import KeyProviderError
 from ..decision import Overloaded
-from ..errors import ConfigError
 from ..services import Services
 from ..telemetry.instruments import audit_instruments
 from .record import STARTED_NS, CallFacts, capture, decision_record
@@ -73,8 +72,7 @@ def open_signer_of(config: Config) -> CheckpointSigner | None:
     try:
         return open_checkpoint_signer(resolve_key_url(settings.signing_key, config_directory(config)))
     except KeyProviderError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("audit", "signing_key"),
-                          key="[audit] signing_key") from None
+        raise config.error(str(exc), "audit", "signing_key") from None
 
 
 def _encode(item: Any, *, log_prompts: bool) -> dict[str, Any]:

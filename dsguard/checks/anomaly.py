@@ -210,7 +210,7 @@ class AnomalyCheck:
 
 
 def _error(config: Config, key: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("anomaly", key), key=f"[anomaly] {key}")
+    return config.error(message, "anomaly", key)
 
 
 def _validate(config: Config, section: AnomalyConfig) -> tuple[str, ...]:
@@ -258,8 +258,7 @@ def build(config: Config, services: Services, *, clock: Clock = time.time,
         shared = open_store(storage.url, settings)
         limiter = _limiter(storage.url, storage.on_error, clock)
     except ValueError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("storage", "url"),
-                          key="[storage] url") from None
+        raise config.error(str(exc), "storage", "url") from None
     fallback = MemoryStore(settings) if storage.on_error == "local-fallback" else None
     store = FailoverStore(shared, fallback)
     scorer = Scorer(features, threshold=section.threshold, warmup=section.warmup,

@@ -142,7 +142,7 @@ class E2ESeal:
 
 
 def _config_error(config: Config, setting: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("e2e", setting), key=f"[e2e] {setting}")
+    return config.error(message, "e2e", setting)
 
 
 def build(config: Config, services: Services) -> list[Check]:

@@ -288,8 +288,7 @@ class JWTCheck:
 
 
 def _config_error(config: Config, setting: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("identity", "jwt", setting),
-                       key=f"[identity.jwt] {setting}")
+    return config.error(message, "identity", "jwt", setting)
 
 
 def build(config: Config, services: Services) -> list[Check]:

@@ -184,8 +184,7 @@ def _record(ctx: RequestContext, record: dict[str, Any]) -> None:
 
 
 def _config_error(config: Config, key: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("prompt_guard", key),
-                       key=f"[prompt_guard] {key}")
+    return config.error(message, "prompt_guard", key)
 
 
 def build(config: Config, services: Services) -> list[Check]:

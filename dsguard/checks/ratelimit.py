@@ -156,8 +156,7 @@ class RateLimitCheck:
 
 
 def _config_error(config: Config, index: int, setting: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("rate_limits", index, setting),
-                       key=f"[rate_limits] #{index + 1} {setting}")
+    return config.error(message, "rate_limits", index, setting)
 
 
 def _rules(config: Config) -> tuple[list[Rule], list[Rule]]:
@@ -215,8 +214,7 @@ def build(config: Config, services: Services) -> list[Check]:
     try:
         shared = open_limiter(config.storage.url)
     except ValueError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("storage", "url"),
-                          key="[storage] url") from None
+        raise config.error(str(exc), "storage", "url") from None
     fallback = MemoryLimiter() if config.storage.on_error == "local-fallback" else None
     limiter = FailoverLimiter(shared, fallback)
     checks: list[Check] = []

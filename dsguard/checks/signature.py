@@ -115,8 +115,7 @@ class SignatureCheck:
 
 
 def _config_error(config: Config, setting: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("signatures", setting),
-                       key=f"[signatures] {setting}")
+    return config.error(message, "signatures", setting)
 
 
 def build(config: Config, services: Services) -> list[Check]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from ..config import Config, WAFConfig
 from ..context import RequestContext
 from ..decision import Denial, Forbidden, PayloadTooLarge, UnsupportedMediaType
-from ..errors import ConfigError
 from ..services import Services
 from ..waf import RuleSet, SecLangError, builtin_rule_set, crs_rule_set, resolve_crs_path
 from ..waf.engine import HitFilter
@@ -128,8 +127,7 @@ def _rule_set(config: Config) -> RuleSet:
     try:
         rule_set = crs_rule_set(crs)
     except SecLangError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("waf", "crs_path"),
-                          key="[waf] crs_path") from None
+        raise config.error(str(exc), "waf", "crs_path") from None
     if rule_set.report is not None:
         logger.info("[waf] %s", rule_set.report.summary())
     return rule_set
@@ -139,12 +137,10 @@ def build(config: Config, services: Services) -> list[Check]:
     """The WAF check of ``[waf]``."""
     assert config.waf is not None
     if config.waf.max_fields < 1:
-        raise ConfigError("must be at least 1", file=config.source, line=config.line_of("waf", "max_fields"),
-                          key="[waf] max_fields")
+        raise config.error("must be at least 1", "waf", "max_fields")
     rule_set = _rule_set(config)
     try:
         check = WAFCheck(config.waf, rule_set)
     except ValueError as exc:
-        raise ConfigError(str(exc), file=config.source, line=config.line_of("waf", "exclusions"),
-                          key="[waf] exclusions") from None
+        raise config.error(str(exc), "waf", "exclusions") from None
     return [check]

@@ -15,7 +15,6 @@ from opentelemetry.sdk.trace import SpanProcessor
 from ..checks.base import Check
 from ..config import Config, TelemetryConfig
 from ..context import AfterHook, RequestContext, ResponseInfo
-from ..errors import ConfigError
 from ..guard import DENIAL_CODE
 from ..pipeline import Pipeline
 from ..services import Services
@@ -70,8 +69,7 @@ class Telemetry:
                     if not token:
                         raise LookupError(f"the metrics token is empty ({settings.metrics_token.source})")
                 except LookupError as exc:
-                    raise ConfigError(str(exc), file=config.source, line=config.line_of("telemetry", "metrics_token"),
-                                      key="[telemetry] metrics_token") from None
+                    raise config.error(str(exc), "telemetry", "metrics_token") from None
             endpoints[settings.metrics_path] = MetricsEndpoint(registry, token)
         return endpoints
 

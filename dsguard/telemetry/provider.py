@@ -74,7 +74,7 @@ class TelemetryProviders:
 
 
 def _error(config: Config, key: str, message: str) -> ConfigError:
-    return ConfigError(message, file=config.source, line=config.line_of("telemetry", key), key=f"[telemetry] {key}")
+    return config.error(message, "telemetry", key)
 
 
 def check_settings(config: Config, settings: TelemetryConfig) -> None:
