@@ -317,6 +317,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def in_process_table(runs: Mapping[str, Sequence[float]], feature: str) -> str:
+    """The in-process timings of ``bare``, ``dsguard`` and variants, with what each adds over bare and dsguard."""
+    base, guarded = median(runs["bare"]), median(runs["dsguard"])
+    rows = [(name, f"{median(r):.1f}", f"{min(r):.1f}", f"{max(r):.1f}", f"{median(r) - base:+.1f}",
+             f"{median(r) - guarded:+.1f}" if name != "bare" else "") for name, r in runs.items()]
+    return table(("stack", "us/req (median)", "min", "max", "vs bare", f"added by {feature}"), rows)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -35,7 +35,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import BenchRequest, all_answer_200, call_asgi, environment, median, positive_int, table, time_in_process
+from _harness import (
+    BenchRequest,
+    all_answer_200,
+    call_asgi,
+    environment,
+    in_process_table,
+    median,
+    positive_int,
+    table,
+    time_in_process,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from overhead import DSGUARD_TOML, bare_app, bench_request
@@ -224,11 +234,8 @@ def main() -> int:
         if not all_answer_200(apps, request):
             return 1
         runs = time_in_process(apps, request, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup)
-        base, guarded = median(runs["bare"]), median(runs["dsguard"])
-        rows = [(name, f"{median(r):.1f}", f"{min(r):.1f}", f"{max(r):.1f}", f"{median(r) - base:+.1f}",
-                 f"{median(r) - guarded:+.1f}" if name != "bare" else "") for name, r in runs.items()]
         print(f"\nin-process ({args.iterations} requests x {args.repeats} repeats, asyncio loop, no server):")
-        print(table(("stack", "us/req (median)", "min", "max", "vs bare", "added by audit"), rows))
+        print(in_process_table(runs, "audit"))
         cpu = cpu_per_request(apps, guards, request, args.iterations // 2, args.repeats)
         base, guarded = median(cpu["bare"]), median(cpu["dsguard"])
         rows = [(name, f"{median(r):.1f}", f"{median(r) - base:+.1f}",

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from _harness import all_answer_200, environment, median, positive_int, table, time_in_process
+from _harness import all_answer_200, environment, in_process_table, positive_int, time_in_process
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from overhead import DSGUARD_TOML, bare_app, bench_request
@@ -93,11 +93,8 @@ def main() -> int:
     if not all_answer_200(apps, request):
         return 1
     runs = time_in_process(apps, request, iterations=args.iterations, repeats=args.repeats, warmup=args.warmup)
-    base, guarded = median(runs["bare"]), median(runs["dsguard"])
-    rows = [(name, f"{median(r):.1f}", f"{min(r):.1f}", f"{max(r):.1f}", f"{median(r) - base:+.1f}",
-             f"{median(r) - guarded:+.1f}" if name != "bare" else "") for name, r in runs.items()]
     print(f"\nin-process ({args.iterations} requests x {args.repeats} repeats, asyncio loop, no server):")
-    print(table(("stack", "us/req (median)", "min", "max", "vs bare", "added by telemetry"), rows))
+    print(in_process_table(runs, "telemetry"))
     us, size = scrape_cost(measured, 200)
     print(f"\none scrape of /metrics ({size} bytes): {us:.0f} us; spans exported: {exporter.spans}")
     return 0
